@@ -1,0 +1,101 @@
+"""LoRA (Hu et al. 2022) on the simplified model's MLP, with ``peft``: a step beyond App. H.
+
+During fine-tuning ``W`` is fixed (Lemma 17), so the attention output ``h = X S`` of every
+Q&A input ``(s_i, q)`` is a constant; only the neurons ``v_{j,n}`` move. We therefore hold
+one run's ``V`` as a ``torch.nn.Linear(T, m T, bias=False)`` whose weight is the
+(neurons x inputs) matrix ``V[t, n, j] -> weight[n T + j, t]`` and compute
+
+    F_j = sum_n ReLU(<v_{j,n}, h>),  z = lambda F            (Sec. 2)
+
+on the precomputed ``h``. ``peft`` then adds a rank-``r`` adapter ``scale * B A`` to that
+weight (``B`` initialised to zero, so training starts at the pre-trained model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from .data import KnowledgeData, Samples
+from .fast import Batch, attention
+
+
+class MLPHead(nn.Module):
+    """The MLP and output scale of the simplified model for one run: logits from ``h``."""
+
+    def __init__(self, V: torch.Tensor, lam: float) -> None:
+        super().__init__()
+        T, m, _ = V.shape
+        self.T, self.m, self.lam = T, m, lam
+        self.mlp = nn.Linear(T, m * T, bias=False, dtype=V.dtype)
+        with torch.no_grad():
+            self.mlp.weight.copy_(V.reshape(T, m * T).t())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        act = torch.relu(self.mlp(h)).view(-1, self.m, self.T)
+        return self.lam * act.sum(1)
+
+
+def to_V(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """The ``(T_in, m, T_out)`` layout of ``kaol.model`` from a Linear weight ``(m T, T)``."""
+    T = weight.shape[1]
+    return weight.t().reshape(T, m, T)
+
+
+def attention_output(W: torch.Tensor, samples: Samples, rho: torch.Tensor) -> torch.Tensor:
+    """``h = X S`` (n, T) of each input with one run's fixed ``W`` (T, T), in the token basis."""
+    T = W.shape[0]
+    batch = Batch.build(samples, T, rho, W.dtype)
+    a = attention(W[None], batch)[0] * batch.r[0]             # S_l rho_{t_l}
+    return torch.zeros(len(samples), T, dtype=W.dtype).scatter_add_(1, batch.tokens[0], a)
+
+
+def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> PeftModel:
+    """A rank-``r`` LoRA adapter on ``head.mlp`` (scale ``alpha / r``; ``alpha = r`` gives 1)."""
+    torch.manual_seed(seed)                                   # peft draws A with torch's global RNG
+    cfg = LoraConfig(r=r, lora_alpha=r if alpha is None else alpha, target_modules=["mlp"], lora_dropout=0.0)
+    return get_peft_model(head, cfg)
+
+
+def merged_V(model: PeftModel) -> torch.Tensor:
+    """``V + scale * (B A)`` in the ``(T_in, m, T_out)`` layout, without changing ``model``."""
+    layer = model.base_model.model.mlp
+    delta = layer.get_delta_weight("default")
+    return to_V(layer.base_layer.weight + delta, model.base_model.model.m)
+
+
+@dataclass
+class LoRAHistory:
+    """Per step ``0..steps``: the Q&A loss and the accuracy on unseen frequent and rare facts."""
+
+    loss: np.ndarray
+    acc_freq: np.ndarray
+    acc_rare: np.ndarray
+
+
+def finetune_lora(W: torch.Tensor, V: torch.Tensor, data: KnowledgeData, lam: float, r: int, lr: float,
+                  steps: int, optimizer: str = "sgd", seed: int = 0) -> tuple[PeftModel, LoRAHistory]:
+    """Train a rank-``r`` adapter on one run's ``V`` with full-batch ``sgd`` (plain gradient
+    descent) or ``adam`` on the mean Q&A cross-entropy, ``W`` fixed (as in Sec. 4)."""
+    rho = data.vocab.rho.to(W.dtype)
+    h_train = attention_output(W, data.qa_train, rho)
+    y_train = data.qa_train.answer
+    tests = [(attention_output(W, s, rho), s.answer) for s in (data.qa_unseen_freq, data.qa_rare)]
+    model = lora(MLPHead(V, lam), r, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+    loss, acc = [], []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            acc.append([(model(h).argmax(-1) == y).float().mean().item() if len(y) else np.nan for h, y in tests])
+        ce = nn.functional.cross_entropy(model(h_train), y_train)
+        loss.append(ce.item())
+        if t < steps:
+            opt.zero_grad()
+            ce.backward()
+            opt.step()
+    acc_arr = np.array(acc)
+    return model, LoRAHistory(np.array(loss), acc_arr[:, 0], acc_arr[:, 1])

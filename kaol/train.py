@@ -1,0 +1,254 @@
+"""Pre-training with the three-stage schedule and fine-tuning (full and rank-1), Sec. 4 and App. H.
+
+Every function trains ``B`` runs at once: the parameters carry a leading run
+axis and each run may have data of its own (same vocabulary size). The
+simplified model uses the exact sparse gradients of ``kaol.fast``; the other
+architectures of Table 3 use autograd on ``kaol.model.forward``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import fast, metrics
+from .data import KnowledgeData, Samples
+from .model import ModelConfig, forward, init_params
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Three-stage learning rate of Sec. 4: ``eta[0]`` for ``t < T1``, ``eta[1]`` for
+    ``T1 <= t < T2``, ``eta[2]`` up to ``T`` steps. The defaults are ours (MODEL.md)."""
+
+    eta: tuple[float, float, float] = (20.0, 80.0, 30.0)
+    T1: int = 5
+    T2: int = 750
+    T: int = 1500
+
+    def __post_init__(self) -> None:
+        if len(self.eta) != 3 or any(not e > 0 for e in self.eta):
+            raise ValueError(f"eta = {self.eta} must be three positive learning rates")
+        if not 0 <= self.T1 <= self.T2 <= self.T or self.T <= 0:
+            raise ValueError(f"stage boundaries need 0 <= T1 <= T2 <= T and T > 0, got "
+                             f"T1={self.T1}, T2={self.T2}, T={self.T}")
+
+    @staticmethod
+    def constant(eta: float, T: int) -> "Schedule":
+        """One rate for all ``T`` steps (the ablation of Sec. 6)."""
+        return Schedule((eta, eta, eta), 0, 0, T)
+
+    def stage(self, t: int) -> int:
+        return 1 if t < self.T1 else 2 if t < self.T2 else 3
+
+    def rate(self, t: int) -> float:
+        return self.eta[self.stage(t) - 1]
+
+
+@dataclass(frozen=True)
+class FTConfig:
+    """Fine-tuning of Sec. 4: ``steps`` full-batch steps at rate ``eta`` on ``V`` only
+    (Lemma 17 keeps ``W`` fixed); ``rank1`` applies the best rank-1 approximation of the
+    gradient (App. H); ``train_W`` also updates ``W`` (a variant, not the paper's)."""
+
+    eta: float = 30.0
+    steps: int = 200
+    rank1: bool = False
+    train_W: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.eta > 0 or self.steps <= 0:
+            raise ValueError(f"fine-tuning needs eta > 0 and steps > 0, got eta={self.eta}, steps={self.steps}")
+
+
+@dataclass
+class PTHistory:
+    """Pre-training curves, logged at ``steps``: ``loss`` (S, B), ``loss_by_kind`` (S, B, 5),
+    ``attn`` (S, B, 2, 3): attention mass on the c, s, r tokens of (c,s) rows and (c,s,r) rows."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[np.ndarray] = field(default_factory=list)
+    loss_by_kind: list[np.ndarray] = field(default_factory=list)
+    attn: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class FTHistory:
+    """Fine-tuning curves, one entry per step ``0..steps`` (step 0 is before fine-tuning):
+    ``loss`` on the Q&A set, OOD accuracy on unseen frequent (``acc_freq``) and rare
+    (``acc_rare``) facts, each (S, B); the first gradient's singular values ``sv0`` (B, r)
+    and the alignment of its top right singular vector with ``q`` (``align_q``, B)."""
+
+    loss: np.ndarray
+    acc_freq: np.ndarray
+    acc_rare: np.ndarray
+    pred: np.ndarray          # (S, B, n_unseen) argmax on the unseen rows: frequent then rare
+    sv0: np.ndarray
+    align_q: np.ndarray
+    n_freq: np.ndarray        # (B,) unseen frequent facts of each run
+    n_rare: int
+
+    @property
+    def acc(self) -> np.ndarray:
+        """Accuracy on all unseen facts (frequent and rare together), (S, B)."""
+        f = np.nan_to_num(self.acc_freq) * self.n_freq + np.nan_to_num(self.acc_rare) * self.n_rare
+        return f / np.maximum(self.n_freq + self.n_rare, 1)
+
+    def best(self, which: str = "acc") -> tuple[np.ndarray, np.ndarray]:
+        """Best accuracy over steps >= 1 and the step where it is reached, per run."""
+        a = getattr(self, which)[1:]
+        return a.max(0), a.argmax(0) + 1
+
+
+def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[KnowledgeData]:
+    runs = data if isinstance(data, list) else [data] * (B or 1)
+    if len({d.vocab.size for d in runs}) != 1:
+        raise ValueError("runs trained together need one vocabulary size: batch them by (N_f, N_r, R, context)")
+    return runs
+
+
+def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float) -> None:
+    """Stop on a NaN/inf loss, naming the step and the rate of the update that caused it."""
+    if not torch.isfinite(loss).all():
+        bad = [b for b in range(len(loss)) if not math.isfinite(float(loss[b]))]
+        raise ValueError(f"{what} loss became {float(loss[bad[0]])} at step {t} (runs {bad}) with "
+                         f"learning rate {rate}: lower that rate")
+
+
+def _check_params(params: dict[str, torch.Tensor], runs: list[KnowledgeData]) -> None:
+    """Parameters must have one run per data set and the data's vocabulary size."""
+    p = next(iter(params.values()))
+    if p.shape[0] != len(runs):
+        raise ValueError(f"parameters hold {p.shape[0]} runs but {len(runs)} data sets were given: "
+                         f"pass one data set per run (or one shared data set)")
+    if p.shape[1] != runs[0].vocab.size:
+        raise ValueError(f"parameters are for a vocabulary of {p.shape[1]} tokens but the data's "
+                         f"vocabulary has {runs[0].vocab.size}: pre-train on this data first")
+
+
+def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = ModelConfig(),
+             schedule: Schedule = Schedule(), seed: int | list[int] = 0, B: int | None = None,
+             log_every: int = 10, params: dict[str, torch.Tensor] | None = None
+             ) -> tuple[dict[str, torch.Tensor], PTHistory]:
+    """Full-batch gradient descent on the next-token loss with ``schedule`` (Sec. 4).
+
+    ``data`` is one data set shared by ``B`` runs or one per run; ``seed`` seeds the
+    initialisation (one per run, or the first of ``seed, seed+1, ...``).
+    """
+    if log_every <= 0:
+        raise ValueError(f"log_every = {log_every} must be a positive number of steps")
+    runs = _runs(data, B)
+    B, v = len(runs), runs[0].vocab
+    params = init_params(model, v.size, B, seed) if params is None else params
+    _check_params(params, runs)
+    batch = fast.Batch.build([d.pretrain for d in runs], v.size, [d.vocab.rho for d in runs], model.dtype)
+    hist = PTHistory()
+    for t in range(schedule.T + 1):
+        log = t % log_every == 0 or t == schedule.T
+        out = _step(model, params, batch, grad=t < schedule.T)
+        last = max(t - 1, 0)                     # the update that produced this loss
+        _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last))
+        if log:
+            hist.steps.append(t)
+            hist.loss.append(out.loss.numpy().copy())
+            hist.loss_by_kind.append(metrics.loss_by_kind(out.ce, batch))
+            hist.attn.append(metrics.attention_mass(out.S, batch, v))
+            if "V" in params:
+                hist.features.append(metrics.features(params["V"], runs))
+        if t < schedule.T:
+            eta = schedule.rate(t)
+            for k, g in out.grads.items():
+                params[k] -= eta * g
+    return params, hist
+
+
+@dataclass
+class _Out:
+    loss: torch.Tensor
+    ce: torch.Tensor
+    S: torch.Tensor
+    logits: torch.Tensor
+    grads: dict[str, torch.Tensor]
+
+
+def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
+          grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None) -> _Out:
+    """Loss and gradients of one full batch: exact sparse path or autograd."""
+    if model.arch == "simplified":
+        o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S)
+        grads = {} if not grad else {"V": o.gV, **({"W": o.gW} if grad_W else {})}
+        return _Out(o.loss, o.ce, o.S, o.logits, grads)
+    leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
+    with torch.set_grad_enabled(grad):
+        logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
+        B, n, T = logits.shape
+        logp = torch.log_softmax(logits, -1).view(B * n, T)
+        ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
+        loss = (batch.w * ce).sum(1)
+    grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}
+    return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), grads)
+
+
+def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[KnowledgeData],
+             model: ModelConfig = ModelConfig(), cfg: FTConfig = FTConfig()
+             ) -> tuple[dict[str, torch.Tensor], FTHistory]:
+    """Fine-tune on the Q&A pairs ``(s_i, q) -> a_i`` of the ``N_ft`` facts (Sec. 4, App. H).
+
+    The simplified model updates ``V`` only (and ``W`` with ``cfg.train_W``); the other
+    architectures of Table 3 update all their parameters.
+
+    Returns new parameters (the inputs are left unchanged) and the history with the OOD
+    accuracy on the unseen frequent and rare facts at every step.
+    """
+    B = next(iter(params.values())).shape[0]
+    runs = _runs(data, B)
+    _check_params(params, runs)
+    v = runs[0].vocab
+    if any(d.cfg.N_ft == 0 for d in runs):
+        raise ValueError("N_ft = 0: there is nothing to fine-tune on; set N_ft >= 1")
+    params = {k: p.clone() for k, p in params.items()}
+    rho = [d.vocab.rho for d in runs]
+    train = fast.Batch.build([d.qa_train for d in runs], v.size, rho, model.dtype)
+    test = fast.Batch.build([_cat(d.qa_unseen_freq, d.qa_rare) for d in runs], v.size, rho, model.dtype)
+    n_freq = torch.tensor([len(d.qa_unseen_freq) for d in runs])
+    is_freq = torch.arange(test.shape[1])[None, :] < n_freq[:, None]
+    is_rare = (test.kind >= 0) & ~is_freq
+    fixed_W = model.arch == "simplified" and not cfg.train_W
+    S_train = fast.attention(params["W"], train) if fixed_W else None
+    S_test = fast.attention(params["W"], test) if fixed_W else None
+    loss, acc_f, acc_r, preds = [], [], [], []
+    sv0, align = np.full((B, 1), np.nan), np.full(B, np.nan)
+    for t in range(cfg.steps + 1):
+        ev = _step(model, params, test, grad=False, S=S_test)
+        hit = ev.logits.argmax(-1) == test.y_idx[:, 0].view(B, -1)
+        acc_f.append(_mean(hit, is_freq))
+        acc_r.append(_mean(hit, is_rare))
+        preds.append(ev.logits.argmax(-1).numpy())
+        out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train)
+        _check_finite(out.loss, t, "fine-tuning", cfg.eta)
+        loss.append(out.loss.numpy().copy())
+        if t == cfg.steps:
+            break
+        if t == 0 and "V" in out.grads:
+            sv0, align = metrics.gradient_spectrum(out.grads["V"], v.q)
+        for k, g in out.grads.items():
+            params[k] -= cfg.eta * (metrics.rank1(g) if cfg.rank1 and k == "V" else g)
+    return params, FTHistory(np.array(loss), np.array(acc_f), np.array(acc_r), np.array(preds), sv0, align,
+                             n_freq.numpy(), len(runs[0].qa_rare))
+
+
+def _mean(hit: torch.Tensor, sel: torch.Tensor) -> np.ndarray:
+    """Accuracy over the selected rows of each run; NaN for a run with none."""
+    n = sel.sum(1)
+    return torch.where(n > 0, (hit & sel).sum(1) / n.clamp_min(1), float("nan")).numpy()
+
+
+def _cat(a: Samples, b: Samples) -> Samples:
+    """Rows of ``a`` then ``b`` (Q&A samples, which all have the same shape)."""
+    return Samples(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in Samples.__dataclass_fields__))

@@ -1,0 +1,314 @@
+"""Open every page of the built HTML book in headless Chromium and check what a reader sees.
+
+The book is built first (README: ``jupyter-book build . -W -n --keep-going``); this module
+builds nothing. It serves ``_build/html`` on 127.0.0.1 and, page by page, records:
+
+* failures: a JavaScript exception, a console error from the book's own code, a local
+  request that answers 4xx/5xx, an image that does not decode, an internal link whose file
+  or ``#anchor`` does not exist, an empty output area, a plotly figure with no rendered
+  ``svg``, a notebook page without its Binder, Colab and Thebe launch buttons;
+* what needs the network: every request to another host is *blocked* (the book must read
+  the same on a laptop offline and in CI, online or not), listed by host, with what it
+  costs the reader (math left as TeX when MathJax cannot load, widget views left empty
+  when the widget manager cannot load). These are reported, not failures.
+
+Run it alone with ``python -m tests.browser.bookcheck [_build/html]`` (prints the report,
+exit code 1 on failures) or through ``pytest tests/browser``. Chromium is Debian's
+``/usr/bin/chromium`` (``KAOL_CHROMIUM`` overrides), driven by Playwright with a fresh
+profile; ``playwright install`` is never needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static"}
+LAUNCH = {"Binder": "a[href*='mybinder.org']", "Colab": "a[href*='colab.research.google.com']",
+          "Thebe": "button.btn-launch-thebe"}
+
+
+def chromium_path() -> str | None:
+    """The Chromium binary to drive: ``$KAOL_CHROMIUM`` or Debian's ``chromium`` on PATH."""
+    return os.environ.get("KAOL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@dataclass
+class PageReport:
+    """What one page showed: ``failures`` fail the test, ``offline`` only reports."""
+
+    page: str
+    failures: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+    external_requests: list[str] = field(default_factory=list)
+    images: int = 0
+    plotly: int = 0
+    widgets: int = 0
+    links_checked: int = 0
+
+
+class _Anchors(HTMLParser):
+    """Collect every ``id`` and ``<a name>`` of a static HTML file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if value and (key == "id" or (tag == "a" and key == "name")):
+                self.ids.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def anchors(path: Path) -> frozenset[str]:
+    """The anchors a link ``path#x`` may point to."""
+    parser = _Anchors()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return frozenset(parser.ids)
+
+
+def pages(html: Path) -> list[Path]:
+    """Every HTML page of the build, relative to ``html`` (theme assets excluded)."""
+    return sorted(p.relative_to(html) for p in html.rglob("*.html")
+                  if not SKIP_DIRS.intersection(p.relative_to(html).parts))
+
+
+def is_notebook_page(html: Path, page: Path) -> bool:
+    """True if the page was built from a notebook (its source is copied as ``.ipynb``)."""
+    return (html / "_sources" / page.with_suffix(".ipynb")).exists()
+
+
+@contextmanager
+def serve(html: Path) -> Iterator[str]:
+    """Serve ``html`` on 127.0.0.1 at a free port, in a thread; yield the base URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_link(html: Path, page_url: str, href: str, base: str) -> str | None:
+    """Why the local link ``href`` on ``page_url`` is broken, or None if it resolves."""
+    url = urljoin(page_url, href)
+    if not url.startswith(base):
+        return None
+    parts = urlsplit(url)
+    rel = unquote(parts.path)[1:]
+    target = html / rel
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_file():
+        return f"broken link {href!r}: {rel or '/'} does not exist"
+    fragment = unquote(parts.fragment)
+    if fragment and target.suffix == ".html" and fragment not in anchors(target):
+        return f"broken link {href!r}: no #{fragment} in {target.relative_to(html)}"
+    return None
+
+
+# Runs in the page once it has loaded: images decoded, outputs inspected.
+PAGE_PROBE = """async () => {
+  const imgs = [...document.images];
+  await Promise.all(imgs.map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }));
+  const widgetViews = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
+  const outputs = [...document.querySelectorAll('.cell_output > .output, .cell_output > img')];
+  return {
+    images: imgs.map(i => ({src: i.getAttribute('src') || '', url: i.currentSrc || i.src, w: i.naturalWidth})),
+    plotly: [...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('svg.main-svg')),
+    widgets: widgetViews.map(s => !!(s.parentElement && s.parentElement.querySelector('.jupyter-widgets, .widget-container, .lm-Widget'))),
+    empty: outputs.filter(o => o.tagName !== 'IMG' && !o.innerText.trim()
+                           && !o.querySelector('img, svg, canvas, iframe, video, script, .plotly-graph-div'))
+                  .map(o => o.className),
+    math: document.querySelectorAll('.math').length,
+    mathRendered: document.querySelectorAll('mjx-container').length,
+    links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
+  };
+}"""
+
+
+def check_page(context, html: Path, base: str, page: Path) -> PageReport:
+    """Load one page in a fresh tab and return what went wrong on it."""
+    report = PageReport(str(page))
+    tab = context.new_page()
+    blocked: set[str] = set()
+
+    def on_console(msg) -> None:
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        if "ERR_BLOCKED_BY_CLIENT" in msg.text and where and not where.startswith(base):
+            return  # a blocked external request: listed under external_requests
+        report.failures.append(f"console error: {msg.text} ({where})")
+
+    def on_response(resp) -> None:
+        if resp.url.startswith(base) and resp.status >= 400:
+            report.failures.append(f"HTTP {resp.status} for local {resp.url[len(base) - 1:]}")
+
+    def route(r) -> None:
+        if r.request.url.startswith(base) or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            blocked.add(r.request.url)
+            r.abort("blockedbyclient")
+
+    tab.on("pageerror", lambda exc: report.failures.append(f"JavaScript error: {exc}"))
+    tab.on("console", on_console)
+    tab.on("response", on_response)
+    tab.route("**/*", route)
+    url = urljoin(base, page.as_posix())
+    tab.goto(url, wait_until="load")
+    try:  # plotly draws after load; give it a few seconds
+        tab.wait_for_function("() => [...document.querySelectorAll('.plotly-graph-div')]"
+                              ".every(d => d.querySelector('svg.main-svg'))", timeout=8000)
+    except Exception:
+        pass
+    probe = tab.evaluate(PAGE_PROBE)
+    page_url = tab.url  # index.html redirects
+    tab.close()
+
+    report.external_requests = sorted(blocked)
+    report.images = len(probe["images"])
+    for img in probe["images"]:
+        if img["w"] == 0:
+            if img["url"].startswith(base) or img["url"].startswith("data:"):
+                report.failures.append(f"image does not load: {img['src']}")
+            else:
+                report.offline.append(f"external image not shown: {img['url']}")
+    report.plotly = len(probe["plotly"])
+    for i, drawn in enumerate(probe["plotly"]):
+        if not drawn:
+            report.failures.append(f"plotly figure {i + 1} has no rendered svg")
+    report.widgets = len(probe["widgets"])
+    if probe["widgets"] and not all(probe["widgets"]):
+        missing = probe["widgets"].count(False)
+        where = report.offline if blocked else report.failures
+        where.append(f"{missing} of {len(probe['widgets'])} widget views not rendered"
+                     + (" (the widget manager loads from a CDN)" if blocked else ""))
+    for cls in probe["empty"]:
+        report.failures.append(f"empty output area ({cls})")
+    if probe["math"] and not probe["mathRendered"]:
+        (report.offline if blocked else report.failures).append(
+            f"{probe['math']} math blocks left as TeX (MathJax loads from a CDN)")
+    for href in dict.fromkeys(probe["links"]):
+        if href.startswith(("mailto:", "javascript:")) or href in ("#", ""):
+            continue
+        report.links_checked += 1
+        problem = check_link(html, page_url, href, base)
+        if problem:
+            report.failures.append(problem)
+    return report
+
+
+def check_launch_buttons(html: Path, page: Path) -> list[str]:
+    """Missing launch buttons on a page built from a notebook (static HTML check)."""
+    if not is_notebook_page(html, page):
+        return []
+    text = (html / page).read_text(encoding="utf-8")
+    needles = {"Binder": "mybinder.org", "Colab": "colab.research.google.com", "Thebe": "btn-launch-thebe"}
+    return [f"no {name} launch button" for name, needle in needles.items() if needle not in text]
+
+
+def screenshots(context, base: str, html: Path, reports: list[PageReport], out: Path) -> list[Path]:
+    """Screenshots of the intro, a page with an image figure and a page with plotly or a widget."""
+    out.mkdir(parents=True, exist_ok=True)
+    wanted: dict[str, tuple[str, str | None]] = {}
+    intro = next((r.page for r in reports if r.page.endswith("intro.html")), reports[0].page)
+    wanted["intro"] = (intro, None)
+    figure = next((r.page for r in reports if r.page != intro and r.images
+                   and "cell_output" in (html / r.page).read_text(encoding="utf-8")), None)
+    if figure:
+        wanted["figure"] = (figure, ".cell_output img")
+    interactive = next((r for r in reports if r.plotly), None) or next((r for r in reports if r.widgets), None)
+    if interactive:
+        wanted["interactive"] = (interactive.page, ".plotly-graph-div" if interactive.plotly
+                                 else "script[type='application/vnd.jupyter.widget-view+json']")
+    saved = []
+    for name, (page, selector) in wanted.items():
+        tab = context.new_page()
+        tab.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort("blockedbyclient"))
+        tab.goto(urljoin(base, page), wait_until="load")
+        tab.wait_for_timeout(1500)
+        if selector and tab.locator(selector).count():
+            tab.locator(selector).first.evaluate("e => (e.parentElement || e).scrollIntoView({block: 'center'})")
+        path = out / f"{name}-{Path(page).stem}.png"
+        tab.screenshot(path=str(path))
+        saved.append(path)
+        tab.close()
+    return saved
+
+
+def run(html: Path = HTML, shots: Path | None = None) -> list[PageReport]:
+    """Check every page of ``html``; save screenshots to ``shots`` (default ``_build/screenshots``)."""
+    from playwright.sync_api import sync_playwright
+
+    shots = shots or html.parent / "screenshots"
+    with serve(html) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})  # fresh profile
+        reports = []
+        for page in pages(html):
+            report = check_page(context, html, base, page)
+            report.failures += check_launch_buttons(html, page)
+            reports.append(report)
+        screenshots(context, base, html, reports, shots)
+        browser.close()
+    return reports
+
+
+def summary(reports: list[PageReport]) -> str:
+    """A readable report: per page, then the external hosts the book needs."""
+    lines = [f"{len(reports)} pages checked"]
+    for r in reports:
+        status = "FAIL" if r.failures else "ok"
+        lines.append(f"{status:4s} {r.page}: {r.images} images, {r.plotly} plotly, {r.widgets} widgets, "
+                     f"{r.links_checked} links, {len(r.external_requests)} blocked external requests")
+        lines += [f"       failure: {f}" for f in r.failures]
+        lines += [f"       offline: {o}" for o in r.offline]
+    hosts: dict[str, int] = {}
+    for r in reports:
+        for url in r.external_requests:
+            host = urlsplit(url).netloc
+            hosts[host] = hosts.get(host, 0) + 1
+    lines.append("needs the network (blocked here, pages requesting it): "
+                 + (", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())) or "nothing"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    html = Path(argv[0]) if argv else HTML
+    if not (html / "index.html").exists():
+        print(f"no built book at {html}: build it first (README)")
+        return 2
+    reports = run(html)
+    print(summary(reports))
+    (html.parent / "browser_report.json").write_text(
+        json.dumps([r.__dict__ for r in reports], indent=1), encoding="utf-8")
+    return 1 if any(r.failures for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

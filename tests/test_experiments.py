@@ -1,0 +1,132 @@
+"""kaol.experiments: the bound's threshold, the per-cell summary, the parallel engines, Table 3
+helpers and the command line, on tiny configurations (seconds)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kaol import experiments as ex
+from kaol.data import DataConfig, make_data
+from kaol.model import ModelConfig, init_params
+from kaol.sweep import bound
+from kaol.train import FTConfig, Schedule
+
+TINY = replace(ex.SCALES["book"], base=DataConfig(N_f=12, N_r=4, R=4, K=2, N_ft=4), K=(1, 2), N_ft=(4, 8, 12),
+               R=(4,), K_of_R=(2,), seeds=(0, 1), schedule=Schedule(T1=2, T2=10, T=20), ft=FTConfig(steps=5),
+               table3_data=DataConfig(N_f=6, N_r=0, K=2, R=3, N_ft=3, context=False),
+               archs=ex._archs(5, 5, 3))
+
+
+@pytest.fixture(autouse=True)
+def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAOL_CACHE", "off")
+
+
+@pytest.mark.parametrize("K,R,err", [(1, 10, 0.5), (4, 20, 0.1), (8, 40, 0.9)])
+def test_threshold_inverts_bound(K: int, R: int, err: float) -> None:
+    """The predicted regime boundary is where Theorem 2's bound equals ``err``."""
+    assert math.isclose(float(bound(ex.threshold_N(K, R, err), K, R)), err, rel_tol=1e-12)
+
+
+def _fake_runs() -> pd.DataFrame:
+    rows = []
+    for K, N, seed in [(1, 10, 0), (1, 10, 1), (4, 50, 0), (4, 50, 1)]:
+        a = 0.2 if K == 1 else 0.9 + 0.02 * seed
+        rows.append({"K": K, "N_ft": N, "R": 20, "seed": seed, "acc0_freq": 0.0, "acc0_rare": 0.0,
+                     "best_freq": a, "best_rare": a, "best": a, "best_step": 3,
+                     "last_freq": a, "last_rare": a, "last": a})
+    return pd.DataFrame(rows)
+
+
+def test_summary_regimes() -> None:
+    """Mean and sd over seeds; measured and predicted regimes; bound held or not."""
+    s = ex.summary(_fake_runs()).set_index("K")
+    assert s.loc[4, "best"] == pytest.approx(0.91) and s.loc[4, "best_sd"] == pytest.approx(0.01)
+    assert s.loc[4, "n_seeds"] == 2
+    assert s.loc[1, "bound"] == pytest.approx(float(bound(10, 1, 20)))
+    assert not s.loc[1, "extracts"] and s.loc[4, "extracts"]
+    assert not s.loc[1, "predicted"] and s.loc[4, "predicted"]      # bounds 0.96 and 0.05
+    assert s.loc[1, "below_bound"] and not s.loc[4, "below_bound"]   # error 0.8 <= 0.96; 0.09 > 0.05
+    assert s.loc[4, "err_best"] == pytest.approx(0.09)
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_all_local_keeps_order(workers: int) -> None:
+    logs: list[str] = []
+    assert ex.run_all(_square, [3, 1, 2], workers=workers, log=logs.append) == [9, 1, 4]
+    assert len(logs) == 3 and logs[-1].startswith("[3/3]")
+
+
+def test_run_all_rejects_unknown_engine() -> None:
+    with pytest.raises(ValueError, match="engine"):
+        ex.run_all(_square, [1], engine="slurm")
+
+
+def test_run_all_dask() -> None:
+    pytest.importorskip("dask.distributed")
+    from dask.distributed import Client, LocalCluster
+    with LocalCluster(n_workers=1, processes=False) as cluster, Client(cluster):
+        assert ex.run_all(_square, [2, 3], engine="dask", address=cluster.scheduler_address) == [4, 9]
+
+
+def test_run_all_ray() -> None:
+    ray = pytest.importorskip("ray")
+    try:
+        assert ex.run_all(_square, [2, 3], engine="ray", address="local") == [4, 9]
+    finally:
+        ray.shutdown()
+
+
+def test_sweep_rows_and_curves() -> None:
+    """One group per (K, R); N~_f = N_f (no unseen frequent fact) is left out."""
+    df, curves = ex.fig2a(TINY, workers=1, log=lambda s: None)
+    assert len(df) == 2 * 2 * 2                      # K x N_ft (4, 8) x seeds
+    assert set(df["N_ft"]) == {4, 8} and set(df["K"]) == {1, 2}
+    assert set(curves) == {(k, n, 4, s) for k in (1, 2) for n in (4, 8) for s in (0, 1)}
+    assert curves[(2, 4, 4, 0)].acc_freq.shape == (TINY.ft.steps + 1, 1)
+    both, _ = ex.rank1(TINY, workers=1, log=lambda s: None)
+    assert sorted(both["ft"].unique()) == ["full", "rank1"]
+
+
+def test_finetune_all_standard() -> None:
+    """The standard model (no V) is fine-tuned on all its parameters; accuracy per step."""
+    data = make_data(TINY.table3_data)
+    model = ModelConfig(arch="standard")
+    params = init_params(model, data.vocab.size, 1, 0)
+    before = {k: p.clone() for k, p in params.items()}
+    h = ex.finetune_all(params, data, model, eta=0.5, steps=3)
+    assert h.acc_freq.shape == (4, 1) and h.loss.shape == (4, 1)
+    assert h.loss[-1, 0] < h.loss[0, 0]
+    assert all(torch.equal(before[k], params[k]) for k in params)    # inputs untouched
+
+
+def test_table3_and_summary() -> None:
+    runs = ex.table3(TINY, workers=1, log=lambda s: None)
+    assert len(runs) == 2 * 4
+    assert runs.loc[runs["arch"] == "attention_only", "best_ood"].isna().all()
+    assert np.allclose(runs["H"], math.log(2) / 2)
+    t = ex.table3_summary(runs)
+    assert t.loc[("three-token", "standard"), "paper loss"] == 0.8064
+    assert np.isnan(t.loc[("with context", "standard"), "paper loss"])
+
+
+def test_cli_writes_csv_and_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(ex.SCALES, "tiny", TINY)
+    out = tmp_path / "bound_tiny"
+    assert ex.main(["bound", "--scale", "tiny", "--seeds", "1", "--workers", "1", "--out", str(out)]) == 0
+    df = pd.read_csv(out.with_suffix(".csv"))
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert {"K", "N_ft", "R", "seed", "best_freq", "best_rare", "bound", "err_best"} <= set(df.columns)
+    assert set(df["seed"]) == {0} and meta["config"]["seeds"] == [0]
+    assert meta["figure"] == "bound" and set(meta["versions"]) >= {"python", "kaol", "torch"}
+    assert not df.duplicated(["K", "N_ft", "R", "seed"]).any()

@@ -1,0 +1,126 @@
+"""The exact sparse gradients of ``kaol.fast`` (Lemma 1) against autograd on ``kaol.model.forward``
+and against a per-sample numpy loop of the Lemma 1 formulas (float64 throughout)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kaol import fast
+from kaol.data import DataConfig, make_data
+from kaol.model import ModelConfig, init_params
+
+from .reference import SMALL, autograd_one, lemma1_loop
+
+TOL = 1e-10          # absolute, float64; gradients are O(1e-1) at these scales
+
+
+def _params(model: ModelConfig, T: int, B: int, seed: int) -> dict[str, torch.Tensor]:
+    """Initial parameters at a scale where attention is far from uniform and ReLUs are mixed."""
+    return init_params(model, T, B, seed)
+
+
+CONFIGS = [
+    pytest.param(SMALL, ModelConfig(m=3, sigma0=0.5, lam=1.0, dtype=torch.float64), id="context"),
+    pytest.param(SMALL.with_(context=False), ModelConfig(m=2, sigma0=0.7, lam=2.0, dtype=torch.float64),
+                 id="three-token"),
+    pytest.param(SMALL.with_(rare_weight=1.0, K=3), ModelConfig(m=1, sigma0=1.0, lam=0.5, dtype=torch.float64),
+                 id="unweighted-m1"),
+    pytest.param(SMALL.with_(rho_c=5.0, N_r=0, K=5), ModelConfig(m=4, sigma0=0.3, dtype=torch.float64),
+                 id="no-rare"),
+]
+
+
+@pytest.mark.parametrize("cfg,model", CONFIGS)
+def test_fast_matches_autograd(cfg: DataConfig, model: ModelConfig) -> None:
+    """Loss, dL/dW and dL/dV of ``fast.run`` equal autograd on the plain model (Sec. 2, Lemma 1)."""
+    data = make_data(cfg)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=3)
+    batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
+    out = fast.run(p["W"], p["V"], batch, model.lam)
+    loss, gW, gV = autograd_one(model, p["W"][0], p["V"][0], data.pretrain, v.rho)
+    assert abs(float(out.loss[0]) - loss) < TOL
+    assert torch.allclose(out.gW[0], gW, rtol=0, atol=TOL)
+    assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
+    assert gW.abs().max() > 1e-3 and gV.abs().max() > 1e-3          # the comparison is not of zeros
+
+
+@pytest.mark.parametrize("cfg,model", CONFIGS)
+def test_fast_matches_lemma1_loop(cfg: DataConfig, model: ModelConfig) -> None:
+    """``fast.run`` equals the explicit Lemma 1 formulas evaluated sample by sample in numpy."""
+    data = make_data(cfg)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=5)
+    batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
+    out = fast.run(p["W"], p["V"], batch, model.lam)
+    loss, gW, gV = lemma1_loop(p["W"][0].numpy(), p["V"][0].numpy(), data.pretrain, v.rho.numpy(), model.lam)
+    assert abs(float(out.loss[0]) - loss) < TOL
+    np.testing.assert_allclose(out.gW[0].numpy(), gW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.gV[0].numpy(), gV, rtol=0, atol=TOL)
+
+
+def test_batched_runs_with_own_data_and_padding() -> None:
+    """Runs stacked in one batch, each with its own data, context norm ``rho_c`` and row count
+    (padding rows), give each run's own loss and gradients (the padding rows contribute nothing)."""
+    model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float64)
+    datas = [make_data(SMALL.with_(K=k, seed=s, rho_c=r)) for k, s, r in [(2, 0, 5.0), (3, 1, 2.0), (1, 2, 5.0),
+                                                                          (5, 3, 8.0)]]
+    v = datas[0].vocab
+    assert len({d.vocab.size for d in datas}) == 1 and len({len(d.pretrain) for d in datas}) == 4
+    p = _params(model, v.size, len(datas), seed=11)
+    batch = fast.Batch.build([d.pretrain for d in datas], v.size, [d.vocab.rho for d in datas], torch.float64)
+    assert (batch.kind == -1).any()                                  # some runs are padded
+    out = fast.run(p["W"], p["V"], batch, model.lam)
+    for b, d in enumerate(datas):
+        loss, gW, gV = autograd_one(model, p["W"][b], p["V"][b], d.pretrain, d.vocab.rho)
+        assert abs(float(out.loss[b]) - loss) < TOL
+        assert torch.allclose(out.gW[b], gW, rtol=0, atol=TOL)
+        assert torch.allclose(out.gV[b], gV, rtol=0, atol=TOL)
+
+
+def test_qa_gradient_with_fixed_attention() -> None:
+    """Fine-tuning passes the fixed attention ``S`` and skips dL/dW (Lemma 17): dL/dV is unchanged."""
+    model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float64)
+    data = make_data(SMALL)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=2)
+    batch = fast.Batch.build(data.qa_train, v.size, v.rho, torch.float64)
+    S = fast.attention(p["W"], batch)
+    out = fast.run(p["W"], p["V"], batch, model.lam, grad_W=False, S=S)
+    assert out.gW is None
+    loss, _, gV = autograd_one(model, p["W"][0], p["V"][0], data.qa_train, v.rho)
+    assert abs(float(out.loss[0]) - loss) < TOL
+    assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
+
+
+def test_extra_input_coordinates_get_no_gradient() -> None:
+    """Tokens that no input uses (the ``q`` token in pre-training) get zero rows of dL/dV and
+    zero rows and columns of dL/dW: their coordinates are inert (Sec. 3, Lemma 17)."""
+    model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float64)
+    data = make_data(SMALL)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=0)
+    out = fast.run(p["W"], p["V"], fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64), model.lam)
+    assert float(out.gV[0, v.q].abs().max()) == 0.0
+    assert float(out.gW[0, v.q].abs().max()) == 0.0 and float(out.gW[0, :, v.q].abs().max()) == 0.0
+
+
+@given(N_f=st.integers(1, 4), N_r=st.integers(0, 3), R=st.integers(1, 4), K=st.integers(1, 4),
+       context=st.booleans(), m=st.integers(1, 3), sigma0=st.floats(0.05, 1.0), lam=st.floats(0.3, 3.0),
+       rho_c=st.floats(0.5, 8.0), seed=st.integers(0, 1000))
+def test_fast_matches_lemma1_property(N_f: int, N_r: int, R: int, K: int, context: bool, m: int,
+                                      sigma0: float, lam: float, rho_c: float, seed: int) -> None:
+    """Property: for random small configurations, ``fast.run`` equals the Lemma 1 loop."""
+    cfg = DataConfig(N_f=N_f, N_r=N_r, R=R, K=min(K, R), N_ft=0, rho_c=rho_c, context=context, seed=seed)
+    model = ModelConfig(m=m, sigma0=sigma0, lam=lam, dtype=torch.float64)
+    data = make_data(cfg)
+    v = data.vocab
+    p = init_params(model, v.size, 1, seed)
+    out = fast.run(p["W"], p["V"], fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64), lam)
+    loss, gW, gV = lemma1_loop(p["W"][0].numpy(), p["V"][0].numpy(), data.pretrain, v.rho.numpy(), lam)
+    assert abs(float(out.loss[0]) - loss) < 1e-9 * max(1.0, loss)
+    np.testing.assert_allclose(out.gW[0].numpy(), gW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.gV[0].numpy(), gV, rtol=0, atol=TOL)

@@ -1,0 +1,80 @@
+"""The fine-tuning gradient's spectrum (Prop. 3) and its best rank-1 approximation (App. H,
+Eckart-Young) against a plain numpy SVD."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kaol import fast, metrics
+from kaol.data import make_data
+from kaol.model import ModelConfig
+from kaol.train import Schedule, pretrain
+
+from .reference import SMALL
+
+MODEL = ModelConfig(dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def ft_gradient() -> tuple[torch.Tensor, int]:
+    """dL/dV of the Q&A loss after a short pre-training, for two runs with their own data (B = 2)."""
+    datas = [make_data(SMALL), make_data(SMALL.with_(seed=1))]
+    params, _ = pretrain(datas, MODEL, Schedule(eta=(5.0, 20.0, 10.0), T1=5, T2=20, T=30), seed=[0, 1])
+    v = datas[0].vocab
+    batch = fast.Batch.build([d.qa_train for d in datas], v.size, v.rho, torch.float64)
+    return fast.run(params["W"], params["V"], batch, MODEL.lam, grad_W=False).gV, v.q
+
+
+def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.linalg.svd(M, full_matrices=False)
+
+
+def _check_rank1(gV: torch.Tensor) -> None:
+    """``rank1`` is ``sigma_1 u_1 v_1^T`` of each run's (inputs x neurons) matrix, and its
+    residual has squared norm ``sum_{k >= 2} sigma_k^2`` (Eckart-Young)."""
+    R1 = metrics.rank1(gV)
+    B, T, m, _ = gV.shape
+    for b in range(B):
+        M = gV[b].reshape(T, m * T).numpy()
+        U, s, Vt = _svd(M)
+        best = s[0] * np.outer(U[:, 0], Vt[0])
+        got = R1[b].reshape(T, m * T).numpy()
+        scale = max(s[0], 1e-300)
+        np.testing.assert_allclose(got, best, rtol=0, atol=1e-10 * scale)
+        assert np.linalg.matrix_rank(got, tol=1e-8 * scale) == (1 if s[0] > 0 else 0)
+        resid = np.linalg.norm(M - got) ** 2
+        assert resid == pytest.approx((s[1:] ** 2).sum(), rel=1e-9, abs=1e-12 * scale ** 2)
+
+
+def test_rank1_is_top_singular_triplet(ft_gradient) -> None:
+    gV, _ = ft_gradient
+    assert float(gV.abs().max()) > 1e-6
+    _check_rank1(gV)
+
+
+def test_spectrum_and_alignment(ft_gradient) -> None:
+    """``gradient_spectrum`` gives the singular values and ``|<u_1, e_q>|`` (Prop. 3)."""
+    gV, q = ft_gradient
+    sv, align = metrics.gradient_spectrum(gV, q)
+    B, T, m, _ = gV.shape
+    for b in range(B):
+        U, s, _ = _svd(gV[b].reshape(T, m * T).numpy())
+        k = min(len(s), sv.shape[1])
+        np.testing.assert_allclose(sv[b, :k], s[:k], rtol=1e-10, atol=1e-14)
+        assert np.all(s[k:] < 1e-12 * s[0])                            # dropped rows were zero rows
+        assert align[b] == pytest.approx(abs(U[q, 0]), abs=1e-10)
+    share = metrics.rank1_share(sv)
+    assert np.all((share > 0) & (share <= 1))
+
+
+@given(B=st.integers(1, 3), T=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
+       seed=st.integers(0, 10_000))
+def test_rank1_property(B: int, T: int, m: int, zero_rows: int, seed: int) -> None:
+    """Property: Eckart-Young holds for random gradients, including rows that are zero in every run."""
+    g = torch.Generator().manual_seed(seed)
+    gV = torch.randn(B, T, m, T, generator=g, dtype=torch.float64)
+    gV[:, : min(zero_rows, T - 1)] = 0
+    _check_rank1(gV)

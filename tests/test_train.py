@@ -1,0 +1,237 @@
+"""Training (Sec. 4, App. H): determinism, batched runs equal single runs, and bad inputs that
+raise a ValueError naming the parameter at fault."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kaol.data import DataConfig, make_data
+from kaol.model import ModelConfig, init_params
+from kaol.train import FTConfig, Schedule, finetune, pretrain
+
+from .reference import SMALL
+
+SCHEDULE = Schedule(eta=(5.0, 20.0, 10.0), T1=5, T2=20, T=30)
+FT = FTConfig(eta=10.0, steps=15)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pt_ft(data, model: ModelConfig, seed, B=None, rank1: bool = False):
+    params, ph = pretrain(data, model, SCHEDULE, seed=seed, B=B, log_every=1)
+    ft, fh = finetune(params, data, model, FTConfig(eta=FT.eta, steps=FT.steps, rank1=rank1))
+    return params, ph, ft, fh
+
+
+@pytest.mark.parametrize("rank1", [False, True], ids=["full", "rank1"])
+def test_same_seed_identical_histories(rank1: bool) -> None:
+    """Two pre-training + fine-tuning runs with one seed agree exactly, bit for bit."""
+    data = make_data(SMALL)
+    a, b = _pt_ft(data, ModelConfig(), 3, rank1=rank1), _pt_ft(data, ModelConfig(), 3, rank1=rank1)
+    for k in a[0]:
+        assert torch.equal(a[0][k], b[0][k]) and torch.equal(a[2][k], b[2][k])
+    for x, y in zip(a[1].arrays().values(), b[1].arrays().values()):
+        assert np.array_equal(x, y, equal_nan=True)
+    for f in ("loss", "acc_freq", "acc_rare", "pred", "sv0", "align_q"):
+        assert np.array_equal(getattr(a[3], f), getattr(b[3], f))
+    c = _pt_ft(data, ModelConfig(), 4, rank1=rank1)
+    assert not np.array_equal(np.array(a[1].loss), np.array(c[1].loss))    # the seed matters
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-6)], ids=["f64", "f32"])
+def test_batched_equals_alone(dtype: torch.dtype, tol: float) -> None:
+    """B = 4 runs (seeds 0..3, each with its own data and row count) trained as one batch
+    equal each run trained alone (pre-training losses, weights and fine-tuning curves)."""
+    model = ModelConfig(dtype=dtype)
+    datas = [make_data(SMALL.with_(seed=s, K=k)) for s, k in [(0, 2), (1, 3), (2, 2), (3, 1)]]
+    seeds = [0, 1, 2, 3]
+    pb, hb = pretrain(datas, model, SCHEDULE, seed=seeds, log_every=1)
+    fb, fhb = finetune(pb, datas, model, FT)
+    for b, (d, s) in enumerate(zip(datas, seeds)):
+        p1, h1 = pretrain(d, model, SCHEDULE, seed=s, log_every=1)
+        f1, fh1 = finetune(p1, d, model, FT)
+        np.testing.assert_allclose(np.array(hb.loss)[:, b], np.array(h1.loss)[:, 0], rtol=tol, atol=tol)
+        for k in pb:
+            assert torch.allclose(pb[k][b], p1[k][0], rtol=tol, atol=tol)
+            assert torch.allclose(fb[k][b], f1[k][0], rtol=tol, atol=tol)
+        np.testing.assert_allclose(fhb.loss[:, b], fh1.loss[:, 0], rtol=tol, atol=tol)
+        np.testing.assert_array_equal(fhb.acc_freq[:, b], fh1.acc_freq[:, 0])
+        np.testing.assert_array_equal(fhb.acc_rare[:, b], fh1.acc_rare[:, 0])
+
+
+def test_finetune_keeps_W_and_inputs() -> None:
+    """Fine-tuning updates V only (Lemma 17) and leaves the given parameters unchanged."""
+    data = make_data(SMALL)
+    params, _ = pretrain(data, ModelConfig(), SCHEDULE)
+    before = {k: p.clone() for k, p in params.items()}
+    ft, _ = finetune(params, data, ModelConfig(), FT)
+    assert torch.equal(ft["W"], params["W"])
+    assert not torch.equal(ft["V"], params["V"])
+    assert all(torch.equal(before[k], params[k]) for k in params)
+
+
+def test_pretraining_lowers_loss_towards_entropy() -> None:
+    """A short run already lowers the loss well below its start (Thm 2.1's direction)."""
+    data = make_data(SMALL)
+    _, h = pretrain(data, ModelConfig(), SCHEDULE)
+    assert h.loss[-1][0] < 0.5 * h.loss[0][0]
+
+
+# ---------------------------------------------------------------- bad inputs
+
+BAD_DATA = [
+    (dict(K=6, R=5), r"\bK = 6\b.*\bR = 5\b"),
+    (dict(N_ft=7, N_f=6), r"\bN_ft = 7\b.*\bN_f = 6\b"),
+    (dict(N_f=0), r"\bN_f = 0\b"),
+    (dict(N_f=-2), r"\bN_f = -2\b"),
+    (dict(R=0, K=1), r"\bR = 0\b"),
+    (dict(K=0), r"\bK = 0\b"),
+    (dict(N_r=-1), r"\bN_r = -1\b"),
+    (dict(N_ft=-1), r"\bN_ft = -1\b"),
+    (dict(rho_c=0.0), r"\brho_c\b"),
+    (dict(rare_weight=-1.0), r"\brare_weight\b"),
+]
+
+
+@pytest.mark.parametrize("kw,pattern", BAD_DATA, ids=[p for _, p in BAD_DATA])
+def test_bad_data_config(kw: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        DataConfig(**{**SMALL.__dict__, **kw})
+
+
+BAD_MODEL = [(dict(m=0), r"\bm = 0\b"), (dict(m=-1), r"\bm = -1\b"), (dict(lam=0.0), r"\blam = 0"),
+             (dict(lam=-1.0), r"\blam = -1"), (dict(sigma0=0.0), r"\bsigma0 = 0"), (dict(arch="gpt"), r"\barch\b")]
+
+
+@pytest.mark.parametrize("kw,pattern", BAD_MODEL, ids=[p for _, p in BAD_MODEL])
+def test_bad_model_config(kw: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ModelConfig(**kw)
+
+
+BAD_SCHEDULE = [
+    (dict(eta=(0.0, 1.0, 1.0)), r"\beta\b"), (dict(eta=(1.0, -1.0, 1.0)), r"\beta\b"), (dict(eta=(1.0, 1.0)), r"\beta\b"),
+    (dict(T1=10, T2=5, T=20), r"\bT1=10\b.*\bT2=5\b"), (dict(T1=1, T2=30, T=20), r"\bT2=30\b.*\bT=20\b"),
+    (dict(T1=-1, T2=5, T=20), r"\bT1=-1\b"), (dict(T1=0, T2=0, T=0), r"\bT=0\b"),
+]
+
+
+@pytest.mark.parametrize("kw,pattern", BAD_SCHEDULE, ids=[p for _, p in BAD_SCHEDULE])
+def test_bad_schedule(kw: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        Schedule(**kw)
+
+
+@pytest.mark.parametrize("kw,pattern", [(dict(eta=0.0), r"\beta=0"), (dict(eta=-3.0), r"\beta=-3"),
+                                        (dict(steps=0), r"\bsteps=0\b"), (dict(steps=-5), r"\bsteps=-5\b")])
+def test_bad_ft_config(kw: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        FTConfig(**kw)
+
+
+@pytest.mark.parametrize("eta,stage", [((1e38, 1.0, 1.0), 1), ((1.0, 1e38, 1.0), 2), ((1.0, 1.0, 1e38), 3)])
+def test_divergent_pretraining_names_stage(eta: tuple, stage: int) -> None:
+    """A rate that overflows float32 makes the loss NaN; the error names the stage and asks
+    for a smaller rate."""
+    with pytest.raises(ValueError, match=rf"pre-training \(Stage {stage}\).*lower that rate"):
+        pretrain(make_data(SMALL), ModelConfig(), Schedule(eta=eta, T1=2, T2=4, T=6))
+
+
+def test_divergent_finetuning_names_rate() -> None:
+    data = make_data(SMALL)
+    params, _ = pretrain(data, ModelConfig(), SCHEDULE)
+    with pytest.raises(ValueError, match=r"fine-tuning.*lower that rate"):
+        finetune(params, data, ModelConfig(), FTConfig(eta=1e39, steps=5))
+
+
+def test_mixed_vocabulary_sizes() -> None:
+    with pytest.raises(ValueError, match="vocabulary size"):
+        pretrain([make_data(SMALL), make_data(SMALL.with_(N_f=7))], ModelConfig(), SCHEDULE)
+
+
+def test_finetune_needs_ft_facts() -> None:
+    data = make_data(DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=0))
+    params = init_params(ModelConfig(), data.vocab.size)
+    with pytest.raises(ValueError, match=r"\bN_ft = 0\b"):
+        finetune(params, data, ModelConfig(), FT)
+
+
+def test_seed_count_must_match_runs() -> None:
+    with pytest.raises(ValueError, match=r"seeds.*\bB = 2\b"):
+        init_params(ModelConfig(), 10, B=2, seed=[1, 2, 3])
+
+
+def test_dtype_mismatch() -> None:
+    data = make_data(SMALL)
+    params = init_params(ModelConfig(dtype=torch.float64), data.vocab.size)
+    with pytest.raises(ValueError, match="float64.*float32"):
+        pretrain(data, ModelConfig(), SCHEDULE, params=params)
+
+
+def test_log_every_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"\blog_every\b"):
+        pretrain(make_data(SMALL), ModelConfig(), SCHEDULE, log_every=0)
+
+
+def test_params_runs_must_match_data_runs() -> None:
+    """One run's parameters with two data sets: a ValueError naming the run count, not an IndexError."""
+    data = make_data(SMALL)
+    params, _ = pretrain(data, ModelConfig(), SCHEDULE)
+    with pytest.raises(ValueError, match=r"\bruns?\b"):
+        finetune(params, [data, data], ModelConfig(), FT)
+
+
+_MISMATCH = """
+import torch
+from kaol import DataConfig, FTConfig, ModelConfig, Schedule, finetune, init_params, make_data, pretrain
+small = make_data(DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=3))
+big = init_params(ModelConfig(), small.vocab.size + 4)
+calls = {"finetune": lambda: finetune(big, small, ModelConfig(), FTConfig(steps=2)),
+         "pretrain": lambda: pretrain(small, ModelConfig(), Schedule(T1=1, T2=2, T=3), params=big)}
+for name, call in calls.items():
+    try:
+        call()
+    except ValueError as e:
+        print(name, "ValueError:", e, flush=True)
+    else:
+        print(name, "no error", flush=True)
+"""
+
+
+def test_params_vocabulary_must_match_data() -> None:
+    """Parameters of another vocabulary size must give a ValueError (in ``finetune`` and in
+    ``pretrain(params=...)``); run in a subprocess because without a check the sparse
+    kernels read out of bounds (a segmentation fault)."""
+    proc = subprocess.run([sys.executable, "-c", _MISMATCH], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed with return code {proc.returncode}; output: {proc.stdout!r}"
+    for name in ("finetune", "pretrain"):
+        assert any(line.startswith(f"{name} ValueError:") and "vocabulary" in line
+                   for line in proc.stdout.splitlines()), proc.stdout
+
+
+_RUN_MISMATCH = """
+from kaol import DataConfig, ModelConfig, init_params, make_data
+from kaol import fast
+small = make_data(DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=3))
+v = small.vocab
+batch = fast.Batch.build(small.pretrain, v.size, v.rho, ModelConfig().dtype)
+big = init_params(ModelConfig(), v.size + 4)
+try:
+    fast.run(big["W"], big["V"], batch, 1.0)
+except ValueError as e:
+    print("ValueError:", e, flush=True)
+else:
+    print("no error", flush=True)
+"""
+
+
+def test_fast_run_checks_shapes() -> None:
+    """``fast.run`` itself (a public function the book calls) must refuse parameters whose
+    vocabulary size differs from the batch's, instead of reading out of bounds."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_MISMATCH], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed with return code {proc.returncode}; output: {proc.stdout!r}"
+    assert proc.stdout.startswith("ValueError:") and "vocabulary" in proc.stdout, proc.stdout
