@@ -123,6 +123,9 @@ def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool =
     """
     B, T, m, _ = V.shape
     n, L = batch.shape[1:]
+    if (B, T) != (batch.shape[0], batch.T) or W.shape != (B, T, T) or V.shape[3] != T:
+        raise ValueError(f"parameters W {tuple(W.shape)} and V {tuple(V.shape)} do not fit a batch of "
+                         f"{batch.shape[0]} runs over a vocabulary of {batch.T} tokens")
     if V.dtype != batch.r.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.r.dtype}")
     S = attention(W, batch) if S is None else S

@@ -154,7 +154,7 @@ def show_plotly(fig: go.Figure) -> None:
     spec = fig.to_json()
     div = "kaol-plotly-" + hashlib.sha1(spec.encode()).hexdigest()[:12]
     cdn = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
-    display(HTML(f"""<div id="{div}" class="kaol-plotly"></div>
+    display(HTML(f"""<div id="{div}" class="kaol-plotly plotly-graph-div"></div>
 <script type="text/javascript">(function () {{
   var fig = {spec};
   function draw() {{ Plotly.newPlot("{div}", fig.data, fig.layout, {{responsive: true}})

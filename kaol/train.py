@@ -7,7 +7,6 @@ architectures of Table 3 use autograd on ``kaol.model.forward``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,12 +112,16 @@ def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[Know
     return runs
 
 
-def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float) -> None:
-    """Stop on a NaN/inf loss, naming the step and the rate of the update that caused it."""
-    if not torch.isfinite(loss).all():
-        bad = [b for b in range(len(loss)) if not math.isfinite(float(loss[b]))]
-        raise ValueError(f"{what} loss became {float(loss[bad[0]])} at step {t} (runs {bad}) with "
-                         f"learning rate {rate}: lower that rate")
+DIVERGED = 100.0
+"""A loss above ``DIVERGED`` times its initial value (about log T at initialisation) has diverged."""
+
+
+def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float, start: torch.Tensor) -> None:
+    """Stop on a NaN/inf or diverging loss, naming the step and the rate of the update that caused it."""
+    bad = [b for b in range(len(loss)) if not float(loss[b]) <= DIVERGED * float(start[b])]
+    if bad:
+        raise ValueError(f"{what} loss became {float(loss[bad[0]]):.4g} at step {t} (runs {bad}) with "
+                         f"learning rate {rate}: the run diverged, lower that rate")
 
 
 def _check_params(params: dict[str, torch.Tensor], runs: list[KnowledgeData]) -> None:
@@ -153,7 +156,8 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
         log = t % log_every == 0 or t == schedule.T
         out = _step(model, params, batch, grad=t < schedule.T)
         last = max(t - 1, 0)                     # the update that produced this loss
-        _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last))
+        start = out.loss if t == 0 else start
+        _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last), start)
         if log:
             hist.steps.append(t)
             hist.loss.append(out.loss.numpy().copy())
@@ -231,7 +235,8 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
         acc_r.append(_mean(hit, is_rare))
         preds.append(ev.logits.argmax(-1).numpy())
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train)
-        _check_finite(out.loss, t, "fine-tuning", cfg.eta)
+        start = out.loss if t == 0 else start
+        _check_finite(out.loss, t, "fine-tuning", cfg.eta, start)
         loss.append(out.loss.numpy().copy())
         if t == cfg.steps:
             break

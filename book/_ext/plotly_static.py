@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-MARKER = 'class="kaol-plotly"'
+MARKER = 'class="kaol-plotly'
 JS = "plotly.min.js"
 
 
