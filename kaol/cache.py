@@ -17,7 +17,8 @@ from typing import Callable, TypeVar
 import torch
 
 R = TypeVar("R")
-_SOURCES = ("data.py", "model.py", "fast.py", "train.py", "metrics.py", "sweep.py")
+_SOURCES = ("data.py", "model.py", "fast.py", "train.py", "metrics.py", "sweep.py", "experiments.py", "mechanism.py",
+            "lora.py")
 
 
 def cache_dir() -> Path | None:

@@ -38,12 +38,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import fast
 from .cache import memo
 from .data import DataConfig, entropy, make_data
 from .model import ModelConfig
 from .sweep import bound, grid
-from .train import FTConfig, FTHistory, Schedule, _step, finetune, pretrain
+from .train import FTConfig, FTHistory, Schedule, finetune, pretrain
 
 FIGURES = ("fig2a", "fig2b", "bound", "rank1", "table3")
 ENGINES = ("local", "dask", "ray")
@@ -274,26 +273,6 @@ def summary(df: pd.DataFrame, keys: tuple[str, ...] = ("K", "N_ft", "R"), thresh
 
 # ---------------------------------------------------------------- Table 3 (App. A)
 
-def finetune_all(params: dict[str, torch.Tensor], data, model: ModelConfig, eta: float, steps: int) -> FTHistory:
-    """Fine-tune every parameter by gradient descent on the Q&A pairs (for the ``standard``
-    model, which has no ``V``; ``kaol.train.finetune`` updates ``V`` only, Lemma 17)."""
-    v = data.vocab
-    params = {k: p.clone() for k, p in params.items()}
-    train = fast.Batch.build(data.qa_train, v.size, v.rho, model.dtype)
-    test = fast.Batch.build(data.qa_unseen_freq, v.size, v.rho, model.dtype)
-    loss, acc = [], []
-    for t in range(steps + 1):
-        ev = _step(model, params, test, v.rho, grad=False)
-        acc.append((ev.logits.argmax(-1) == test.y_idx[:, 0].view(1, -1)).double().mean(1).numpy())
-        out = _step(model, params, train, v.rho, grad=t < steps)
-        loss.append(out.loss.numpy().copy())
-        for k, g in out.grads.items():
-            params[k] -= eta * g
-    nan = np.full((steps + 1, 1), np.nan)
-    return FTHistory(np.array(loss), np.array(acc), nan, np.zeros((0, 1, 0)), np.zeros((1, 1)), np.zeros(1),
-                     np.array([len(data.qa_unseen_freq)]), 0)
-
-
 @dataclass(frozen=True)
 class ArchTask:
     """One architecture of Table 3 on one data set (``context`` or not), one seed."""
@@ -309,7 +288,7 @@ class ArchTask:
 def run_arch(task: ArchTask) -> dict[str, object]:
     """Pre-train one architecture (App. A), then fine-tune it and read the OOD accuracy (cached)."""
     torch.set_num_threads(1)
-    return memo("table3", (task, "v1"), lambda: _run_arch(task))
+    return memo("table3", (task,), lambda: _run_arch(task))
 
 
 def _run_arch(task: ArchTask) -> dict[str, object]:
@@ -322,10 +301,7 @@ def _run_arch(task: ArchTask) -> dict[str, object]:
            "loss_curve": [float(x[0]) for x in hist.loss], "curve_steps": list(hist.steps),
            "ft_rate": a.ft_eta, "ft_steps": a.ft_steps, "best_ood": np.nan, "last_ood": np.nan}
     if a.ft_steps:
-        if "V" in params:
-            _, fh = finetune(params, data, model, FTConfig(eta=a.ft_eta, steps=a.ft_steps))
-        else:
-            fh = finetune_all(params, data, model, a.ft_eta, a.ft_steps)
+        _, fh = finetune(params, data, model, FTConfig(eta=a.ft_eta, steps=a.ft_steps))
         row.update(best_ood=float(fh.best("acc_freq")[0][0]), last_ood=float(fh.acc_freq[-1, 0]),
                    acc0_ood=float(fh.acc_freq[0, 0]))
     return row

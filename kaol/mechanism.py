@@ -76,7 +76,7 @@ def fact_table(data: KnowledgeData, pred: np.ndarray) -> pd.DataFrame:
 def _shares_phrase(data: KnowledgeData, facts: np.ndarray, pred: np.ndarray) -> list[bool | None]:
     """For a prediction that is the answer of fine-tuning fact j: does j share a phrase with the
     queried fact? ``None`` for other predictions."""
-    v, owner = data.vocab, {data.vocab.a(int(j)): int(j) for j in data.ft}
+    owner = {data.vocab.a(int(j)): int(j) for j in data.ft}
     return [bool(set(data.phrases[i]) & set(data.phrases[owner[int(t)]])) if int(t) in owner else None
             for i, t in zip(facts, pred)]
 

@@ -156,7 +156,8 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
         log = t % log_every == 0 or t == schedule.T
         out = _step(model, params, batch, grad=t < schedule.T)
         last = max(t - 1, 0)                     # the update that produced this loss
-        start = out.loss if t == 0 else start
+        if t == 0:
+            start = out.loss
         _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last), start)
         if log:
             hist.steps.append(t)
@@ -235,7 +236,8 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
         acc_r.append(_mean(hit, is_rare))
         preds.append(ev.logits.argmax(-1).numpy())
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train)
-        start = out.loss if t == 0 else start
+        if t == 0:
+            start = out.loss
         _check_finite(out.loss, t, "fine-tuning", cfg.eta, start)
         loss.append(out.loss.numpy().copy())
         if t == cfg.steps:

@@ -9,11 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from kaol import experiments as ex
-from kaol.data import DataConfig, make_data
-from kaol.model import ModelConfig, init_params
+from kaol.data import DataConfig
 from kaol.sweep import bound
 from kaol.train import FTConfig, Schedule
 
@@ -96,18 +94,6 @@ def test_sweep_rows_and_curves() -> None:
     assert curves[(2, 4, 4, 0)].acc_freq.shape == (TINY.ft.steps + 1, 1)
     both, _ = ex.rank1(TINY, workers=1, log=lambda s: None)
     assert sorted(both["ft"].unique()) == ["full", "rank1"]
-
-
-def test_finetune_all_standard() -> None:
-    """The standard model (no V) is fine-tuned on all its parameters; accuracy per step."""
-    data = make_data(TINY.table3_data)
-    model = ModelConfig(arch="standard")
-    params = init_params(model, data.vocab.size, 1, 0)
-    before = {k: p.clone() for k, p in params.items()}
-    h = ex.finetune_all(params, data, model, eta=0.5, steps=3)
-    assert h.acc_freq.shape == (4, 1) and h.loss.shape == (4, 1)
-    assert h.loss[-1, 0] < h.loss[0, 0]
-    assert all(torch.equal(before[k], params[k]) for k in params)    # inputs untouched
 
 
 def test_table3_and_summary() -> None:

@@ -1,7 +1,6 @@
 """LoRA on the simplified model's MLP (kaol.lora): the torch/peft path equals kaol's model."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from kaol import fast

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from kaol.data import DataConfig, make_data
 from kaol.mechanism import (OUTPUTS, coverage, covered_phrases, fact_table, output_counts, output_kind,
