@@ -464,8 +464,7 @@ class TextResult:
 
 
 def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
-               cfg: TextConfig = TextConfig(), use_cache: bool = True,
-               pt_state: dict | None = None) -> TextResult:
+               cfg: TextConfig = TextConfig(), use_cache: bool = True) -> TextResult:
     """Pre-train a GPT-2 from scratch on ``facts.sentences`` (+ [EOS]) with a word-level
     tokenizer, fine-tune on the prompts + answers of ``ft_idx``, and report the exact match
     of greedy answers on ``test_idx`` (App. J.3, K; Fig. 4)."""
