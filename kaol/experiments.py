@@ -114,7 +114,7 @@ def _archs(steps: int, std_steps: int, ft_steps: int) -> tuple[Arch, ...]:
 
 SCALES: dict[str, Scale] = {
     "book": Scale(base=DataConfig(N_f=100, N_r=50, R=20), K=(1, 2, 4), N_ft=(10, 25, 50, 80),
-                  R=(10, 20, 40), K_of_R=(4,), seeds=(0, 1), schedule=Schedule(), ft=FTConfig(steps=200),
+                  R=(10, 20, 40), K_of_R=(4,), seeds=(0, 1, 2, 3, 4), schedule=Schedule(), ft=FTConfig(steps=200),
                   table3_data=DataConfig(N_f=100, N_r=0, K=5, R=20, N_ft=50, context=False),
                   archs=_archs(500, 300, 200)),
     "paper": Scale(base=DataConfig(N_f=200, N_r=100, R=20), K=(1, 2, 4, 8, 16), N_ft=(10, 25, 50, 100, 150),

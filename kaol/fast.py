@@ -1,12 +1,13 @@
 """Exact loss and gradients of the simplified model (Sec. 2) without autograd, in the token basis.
 
 Orthogonal embeddings make the attention output ``h = X S`` a combination of the
-2-4 tokens of the input, ``h = sum_l a_l e_{t_l}`` with ``a_l = S_l rho_{t_l}``. Stacked
-over all inputs of all runs, the weights ``a`` form a sparse matrix ``A`` with L
-entries per row, and the MLP pre-activations of every neuron are ``A @ V`` (one
-sparse product that reads only the columns of ``V`` the inputs use). Runs are
-stacked block-diagonally: run ``b`` owns rows ``b n .. (b+1) n`` of ``A`` and rows
-``b T .. (b+1) T`` of ``V``.
+2-4 tokens of the input, ``h = sum_l a_l e_{t_l}`` with ``a_l = S_l rho_{t_l}``, so the
+pre-activations of every neuron are ``sum_l a_l V[t_l]``: each input reads only the
+2-4 rows of ``V`` (one per token, ``m x T`` values each) that its tokens select. One
+compiled loop (``numba``) goes over the inputs of every run; per input it forms the
+``m x T`` pre-activations in a small buffer, the logits, the loss and, from the same
+buffer, the gradients of the rows of ``V`` it read, so nothing of size
+``inputs x m x T`` is ever stored. The attention and its gradient stay in torch.
 
 The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)``
 (times the sample weight) and ``1_{jn} = 1[<v_{j,n}, h> > 0]``::
@@ -14,24 +15,23 @@ The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)`
     dL/dv_{j,n} = sum_i g_{ij} 1_{ijn} h_i
     dL/dS_l     = <X^T dL/dh, e_l> with dL/dh = sum_{j,n} g_j 1_{jn} v_{j,n}
     dL/dW       = sum_i sum_l S_l (dL/dS_l - sum_k S_k dL/dS_k) x_l x_L^T
+
+The loop is serial, so every result is bit-identical from run to run.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from numba import njit
 
 from .data import Samples
-
-warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
 
 @dataclass
 class Batch:
-    """The inputs of ``B`` runs, padded to a common ``n`` rows, with the sparse structure.
+    """The inputs of ``B`` runs, padded to a common ``n`` rows.
 
     ``w`` holds each row's weight divided by its run's total weight, so the loss of
     run ``b`` is ``sum_i w[b, i] CE_i`` (the weighted mean of App. J).
@@ -47,12 +47,9 @@ class Batch:
     kind: torch.Tensor     # (B, n), -1 on padding rows
     fact: torch.Tensor     # (B, n)
     T: int
-    crow: torch.Tensor     # CSR structure of A, (B n) x (B T)
-    col: torch.Tensor
-    t_perm: torch.Tensor   # CSR structure of A^T: its values are A's values [t_perm]
-    t_crow: torch.Tensor
-    t_col: torch.Tensor
-    w_idx: torch.Tensor    # flat index of W[b, t_l, t_L] for every entry of A
+    w_idx: torch.Tensor    # flat index of W[b, t_l, t_L] for every token of every row
+    rows: torch.Tensor     # (U,) the tokens that occur in some input: the rows of V with a gradient
+    slot: torch.Tensor     # (T,) position of each token in ``rows``, -1 for the others
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -84,15 +81,12 @@ class Batch:
             w[b, :m] = (s.weight / s.weight.sum()).to(dtype)
         rho_b = torch.stack(rhos).to(dtype)
         r = rho_b.gather(1, tokens.view(B, -1)).view(B, n, L) * mask
-        col = (tokens + T * torch.arange(B)[:, None, None]).reshape(-1)
-        crow = torch.arange(0, B * n * L + 1, L)
-        row = torch.arange(B * n).repeat_interleave(L)
-        t_perm = torch.argsort(col, stable=True)
-        t_crow = torch.zeros(B * T + 1, dtype=torch.long)
-        t_crow[1:] = torch.bincount(col, minlength=B * T).cumsum(0)
-        w_idx = (col.view(B, n, L) * T + tokens[..., -1:]).reshape(-1)
+        w_idx = ((tokens + T * torch.arange(B)[:, None, None]) * T + tokens[..., -1:]).reshape(-1)
+        rows = torch.unique(tokens[mask])
+        slot = torch.full((T,), -1, dtype=torch.long)
+        slot[rows] = torch.arange(len(rows))
         return Batch(tokens, mask, r, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact, T,
-                     crow, col, t_perm, t_crow, row[t_perm], w_idx)
+                     w_idx, rows, slot)
 
 
 @dataclass
@@ -104,12 +98,25 @@ class Pass:
     S: torch.Tensor             # (B, n, L) attention of the last token
     logits: torch.Tensor        # (B, n, T)
     gW: torch.Tensor | None = None
-    gV: torch.Tensor | None = None
+    gV_rows: torch.Tensor | None = None   # (B, U, m, T): dL/dV[:, rows], the only rows that are not 0
+    rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
+
+    @property
+    def gV(self) -> torch.Tensor | None:
+        """The whole ``dL/dV`` (B, T, m, T), zero outside ``rows``."""
+        return None if self.gV_rows is None else whole(self.gV_rows, self.rows)
+
+
+def whole(g_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A V gradient (B, U, m, T) given on the rows ``rows`` at its full size (B, T, m, T)."""
+    B, _, m, T = g_rows.shape
+    full = g_rows.new_zeros(B, T, m, T)
+    full[:, rows] = g_rows
+    return full
 
 
 def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
     """``S = softmax(X^T W x_L)`` for every row (Sec. 2)."""
-    B, T = W.shape[:2]
     xx = batch.r * batch.r[..., -1:]
     scores = W.reshape(-1)[batch.w_idx].view_as(xx) * xx
     return torch.softmax(scores.masked_fill(~batch.mask, float("-inf")), -1)
@@ -117,7 +124,8 @@ def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
         grad_W: bool = True, S: torch.Tensor | None = None) -> Pass:
-    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, T, T) and ``V`` (B, T, m, T).
+    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, T, T) and of the rows of
+    ``V`` (B, T, m, T) that the inputs read (``Pass.gV_rows``; ``Pass.gV`` is the whole of it).
 
     ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention.
     """
@@ -129,26 +137,83 @@ def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool =
     if V.dtype != batch.r.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.r.dtype}")
     S = attention(W, batch) if S is None else S
-    a = (S * batch.r).reshape(-1)
-    Vf = V.reshape(B * T, m * T)
-    # Rows of A @ V: the embedding bag sums the L rows of V an input uses, weighted by a.
-    act = F.embedding_bag(batch.col.view(B * n, L), Vf, per_sample_weights=a.view(B * n, L), mode="sum")
-    act = act.clamp_min_(0).view(B * n, m, T)                    # ReLU(<v_{j,n}, h>), in place
-    z = lam * act.sum(1)
-    logp = torch.log_softmax(z, -1)
-    ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
-    out = Pass((batch.w * ce).sum(1), ce, S, z.view(B, n, T))
-    if not grad:
-        return out
-    g = logp.exp_().scatter_add_(1, batch.y_idx, -batch.y_prob)   # p - y
-    g.mul_(lam * batch.w.view(-1, 1))
-    dpre = act.sign_().mul_(g[:, None, :]).view(B * n, m * T)    # g_j 1[<v_{j,n}, h> > 0], in place
-    At = torch.sparse_csr_tensor(batch.t_crow, batch.t_col, a[batch.t_perm], (B * T, B * n))
-    out.gV = (At @ dpre).view(B, T, m, T)
-    if grad_W:
-        pattern = torch.sparse_csr_tensor(batch.crow, batch.col, torch.zeros_like(a), (B * n, B * T))
-        da = torch.sparse.sampled_addmm(pattern, dpre, Vf.t(), beta=0.0).values().view(B, n, L)
+    a = (S * batch.r).detach().contiguous()
+    z = torch.empty(B, n, T, dtype=V.dtype)
+    ce = torch.empty(B, n, dtype=V.dtype)
+    gV = torch.zeros(B, len(batch.rows) if grad else 0, m, T, dtype=V.dtype)
+    da = torch.zeros_like(a)
+    _rows(batch.tokens.numpy(), a.numpy(), V.detach().contiguous().numpy(), batch.y_idx.view(B, n, -1).numpy(),
+          batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad, grad and grad_W, batch.slot.numpy(),
+          z.numpy(), ce.numpy(), gV.numpy(), da.numpy())
+    out = Pass((batch.w * ce).sum(1), ce, S, z)
+    if grad:
+        out.gV_rows, out.rows = gV, batch.rows
+    if grad and grad_W:
         dS = da * batch.r
         dscore = S * (dS - (S * dS).sum(-1, keepdim=True)) * batch.r * batch.r[..., -1:]
         out.gW = torch.zeros(B * T * T, dtype=V.dtype).index_add_(0, batch.w_idx, dscore.reshape(-1)).view(B, T, T)
     return out
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "arcp"}, boundscheck=False)
+def _rows(tok: np.ndarray, a: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
+          w: np.ndarray, lam: float, grad: bool, grad_a: bool, slot: np.ndarray,
+          z: np.ndarray, ce: np.ndarray, gV: np.ndarray, da: np.ndarray) -> None:  # pragma: no cover
+    """The loop behind ``run``: for every row ``i`` of every run ``b``, the pre-activations
+    ``pre[n, j] = sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)``
+    (Sec. 2), the cross-entropy, and (``grad``) Lemma 1's ``dL/dV`` rows and
+    ``dL/da_l = sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (``grad_a``), written into the
+    output arrays ``z``, ``ce``, ``gV`` (zeroed by the caller; its row ``slot[t]`` holds
+    ``dL/dV[b, t]``) and ``da``."""
+    B, n, L = tok.shape
+    T, m = V.shape[1], V.shape[2]
+    pre = np.empty((m, T), V.dtype)
+    g = np.empty(T, V.dtype)
+    zero = pre.dtype.type(0)
+    for b in range(B):
+        for i in range(n):
+            pre[:] = zero
+            for l in range(L):
+                al, Vl = a[b, i, l], V[b, tok[b, i, l]]
+                if al != 0:
+                    for q in range(m):
+                        for j in range(T):
+                            pre[q, j] += al * Vl[q, j]
+            zi = z[b, i]
+            zi[:] = zero
+            for q in range(m):
+                for j in range(T):
+                    zi[j] += max(pre[q, j], zero)
+            for j in range(T):
+                zi[j] *= lam
+            mx = zi.max()
+            se = zero
+            for j in range(T):
+                g[j] = np.exp(zi[j] - mx)
+                se += g[j]
+            lse = mx + np.log(se)
+            c = zero
+            for k in range(y_idx.shape[2]):
+                c -= y_prob[b, i, k] * (zi[y_idx[b, i, k]] - lse)
+            ce[b, i] = c
+            if not grad or w[b, i] == 0:
+                continue
+            g /= se                                        # p
+            for k in range(y_idx.shape[2]):
+                g[y_idx[b, i, k]] -= y_prob[b, i, k]       # p - y
+            g *= lam * w[b, i]
+            for q in range(m):                             # pre <- g_j 1[pre > 0]
+                for j in range(T):
+                    pre[q, j] = g[j] if pre[q, j] > 0 else zero
+            for l in range(L):
+                al = a[b, i, l]
+                if al == 0:
+                    continue
+                Vl, gl = V[b, tok[b, i, l]], gV[b, slot[tok[b, i, l]]]
+                acc = zero
+                for q in range(m):
+                    for j in range(T):
+                        gl[q, j] += al * pre[q, j]
+                        acc += pre[q, j] * Vl[q, j]
+                if grad_a:
+                    da[b, i, l] = acc

@@ -63,8 +63,7 @@ def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
 
 def _as_matrix(gV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The V gradient as (B, inputs, neurons) restricted to the input rows that are non-zero."""
-    B, T, m, _ = gV.shape
-    M = gV.reshape(B, T, m * T)
+    M = gV.reshape(gV.shape[0], gV.shape[1], -1)
     rows = torch.nonzero(M.abs().sum((0, 2)) > 0).squeeze(1)
     return M[:, rows], rows
 
@@ -80,11 +79,11 @@ def gradient_spectrum(gV: torch.Tensor, q: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def rank1(gV: torch.Tensor) -> torch.Tensor:
-    """Best rank-1 approximation ``sigma_1 u_1 v_1^T`` of each run's V gradient (Eckart-Young, App. H)."""
+    """Best rank-1 approximation ``sigma_1 u_1 v_1^T`` of each run's V gradient (Eckart-Young, App. H),
+    (B, T, m, T) or given on some rows only (B, U, m, T): zero rows do not change it."""
     M, rows = _as_matrix(gV)
     U, s, Vh = torch.linalg.svd(M, full_matrices=False)
-    B, T, m, _ = gV.shape
-    out = torch.zeros(B, T, m * T, dtype=gV.dtype)
+    out = gV.new_zeros(gV.shape[0], gV.shape[1], M.shape[2])
     out[:, rows] = s[:, :1, None] * U[:, :, :1] * Vh[:, :1, :]
     return out.view_as(gV)
 

@@ -167,9 +167,7 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
             if "V" in params:
                 hist.features.append(metrics.features(params["V"], runs))
         if t < schedule.T:
-            eta = schedule.rate(t)
-            for k, g in out.grads.items():
-                params[k] -= eta * g
+            _descend(params, out, schedule.rate(t))
     return params, hist
 
 
@@ -180,6 +178,19 @@ class _Out:
     S: torch.Tensor
     logits: torch.Tensor
     grads: dict[str, torch.Tensor]
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)   # gradients given on these rows only
+
+
+def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool = False) -> None:
+    """One gradient step in place, ``p <- p - eta g`` (``g`` replaced by its best rank-1
+    approximation for ``V`` when ``rank1``, App. H); a gradient given on some rows only
+    (``out.rows``) updates just those rows."""
+    for k, g in out.grads.items():
+        g = (metrics.rank1(g) if rank1 and k == "V" else g).mul_(-eta)   # in place: g is ours
+        if k in out.rows:
+            params[k].index_add_(1, out.rows[k], g)
+        else:
+            params[k].add_(g)
 
 
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
@@ -187,8 +198,8 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
     """Loss and gradients of one full batch: exact sparse path or autograd."""
     if model.arch == "simplified":
         o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S)
-        grads = {} if not grad else {"V": o.gV, **({"W": o.gW} if grad_W else {})}
-        return _Out(o.loss, o.ce, o.S, o.logits, grads)
+        grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
+        return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {})
     leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
     with torch.set_grad_enabled(grad):
         logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
@@ -243,9 +254,9 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
         if t == cfg.steps:
             break
         if t == 0 and "V" in out.grads:
-            sv0, align = metrics.gradient_spectrum(out.grads["V"], v.q)
-        for k, g in out.grads.items():
-            params[k] -= cfg.eta * (metrics.rank1(g) if cfg.rank1 and k == "V" else g)
+            gV, rows = out.grads["V"], out.rows.get("V")
+            sv0, align = metrics.gradient_spectrum(gV if rows is None else fast.whole(gV, rows), v.q)
+        _descend(params, out, cfg.eta, cfg.rank1)
     return params, FTHistory(np.array(loss), np.array(acc_f), np.array(acc_r), np.array(preds), sv0, align,
                              n_freq.numpy(), len(runs[0].qa_rare))
 

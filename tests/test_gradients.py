@@ -108,6 +108,29 @@ def test_extra_input_coordinates_get_no_gradient() -> None:
     assert float(out.gW[0, v.q].abs().max()) == 0.0 and float(out.gW[0, :, v.q].abs().max()) == 0.0
 
 
+def test_gradient_rows_are_the_input_tokens() -> None:
+    """``fast.run`` returns dL/dV on ``Batch.rows`` only: exactly the tokens some input uses
+    (no answer token in pre-training, only subjects and ``q`` in fine-tuning), and the
+    training step updates just those rows of ``V`` by ``-eta dL/dV``."""
+    from kaol.train import _descend, _step
+    model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float64)
+    data = make_data(SMALL.with_(N_ft=2))
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=0)
+    for samples in (data.pretrain, data.qa_train):
+        batch = fast.Batch.build(samples, v.size, v.rho, torch.float64)
+        assert batch.rows.tolist() == sorted(set(samples.tokens[samples.mask].tolist()))
+        out = fast.run(p["W"], p["V"], batch, model.lam)
+        unused = torch.ones(v.size, dtype=torch.bool)
+        unused[batch.rows] = False
+        assert float(out.gV[0, unused].abs().max()) == 0.0
+    assert batch.rows.tolist() == sorted({v.q, *(v.s(int(i)) for i in data.ft)})
+    new = {k: t.clone() for k, t in p.items()}
+    step = _step(model, new, batch, grad_W=False)
+    _descend(new, step, 0.5)
+    assert torch.equal(new["V"], p["V"] - 0.5 * out.gV)
+
+
 @given(N_f=st.integers(1, 4), N_r=st.integers(0, 3), R=st.integers(1, 4), K=st.integers(1, 4),
        context=st.booleans(), m=st.integers(1, 3), sigma0=st.floats(0.05, 1.0), lam=st.floats(0.3, 3.0),
        rho_c=st.floats(0.5, 8.0), seed=st.integers(0, 1000))
