@@ -6,11 +6,15 @@ slider over precomputed results works in the static HTML, where widgets do not.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
+from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from .data import KIND_NAMES
@@ -163,3 +167,28 @@ def show_plotly(fig: go.Figure) -> None:
     var s = document.createElement("script"); s.src = "{cdn}"; s.onload = draw; document.head.appendChild(s);
   }}
 }})();</script>"""))
+
+
+@dataclass
+class FigureData:
+    """The numbers behind a figure, offered for download as ``name.csv``.
+
+    Shown in a notebook it is a link whose target is the CSV itself (a ``data:`` URI), so
+    it works in the static HTML book, in Jupyter and in Colab alike, with no file to serve.
+    Its text form (what nbval compares) names the file and its size.
+    """
+
+    table: pd.DataFrame
+    name: str
+
+    def csv(self) -> str:
+        return self.table.to_csv(index=False, float_format="%.6g")
+
+    def __repr__(self) -> str:
+        rows, cols = self.table.shape
+        return f"data of this figure: {self.name}.csv ({rows} rows x {cols} columns)"
+
+    def _repr_html_(self) -> str:
+        uri = "data:text/csv;charset=utf-8;base64," + base64.b64encode(self.csv().encode()).decode()
+        return (f'<a class="kaol-download" download="{html.escape(self.name)}.csv" href="{uri}">'
+                f'&#x2B07; {html.escape(repr(self))}</a>')

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import fast, metrics
-from .data import KnowledgeData, Samples
+from .data import KIND_NAMES, KnowledgeData, Samples
 from .model import ModelConfig, forward, init_params
 
 
@@ -76,6 +77,18 @@ class PTHistory:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
+    def table(self, run: int = 0) -> pd.DataFrame:
+        """The curves of ``run`` as one row per logged step (the data behind the chapters' figures)."""
+        cols = {"step": self.steps, "loss": np.asarray(self.loss)[:, run]}
+        for k, name in enumerate(KIND_NAMES):
+            cols[f"loss {name}"] = np.asarray(self.loss_by_kind)[:, run, k]
+        for row, inputs in enumerate(("(c,s)", "(c,s,r)")):
+            for j, tok in enumerate("csr"):
+                cols[f"attention on {tok}, {inputs} inputs"] = np.asarray(self.attn)[:, run, row, j]
+        for j, name in enumerate(metrics.FEATURES if self.features else ()):
+            cols[f"feature {name}"] = np.asarray(self.features)[:, run, j]
+        return pd.DataFrame(cols).dropna(axis=1, how="all")
+
 
 @dataclass
 class FTHistory:
@@ -98,6 +111,12 @@ class FTHistory:
         """Accuracy on all unseen facts (frequent and rare together), (S, B)."""
         f = np.nan_to_num(self.acc_freq) * self.n_freq + np.nan_to_num(self.acc_rare) * self.n_rare
         return f / np.maximum(self.n_freq + self.n_rare, 1)
+
+    def table(self) -> pd.DataFrame:
+        """The curves of every run, one row per (run, step): loss and OOD accuracies."""
+        S, B = self.loss.shape
+        return pd.DataFrame({"run": np.repeat(np.arange(B), S), "step": np.tile(np.arange(S), B),
+                             **{k: getattr(self, k).T.reshape(-1) for k in ("loss", "acc_freq", "acc_rare", "acc")}})
 
     def best(self, which: str = "acc") -> tuple[np.ndarray, np.ndarray]:
         """Best accuracy over steps >= 1 and the step where it is reached, per run."""

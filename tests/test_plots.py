@@ -98,3 +98,21 @@ def test_step_axis_starts_at_zero() -> None:
     plots.step_axis(ax, SCHED)
     assert ax.get_xscale() == "symlog" and ax.get_xlim() == (0.0, float(SCHED.T))
     plt.close(fig)
+
+
+def test_figure_data_is_a_csv_link(hist) -> None:
+    """``FigureData`` links the figure's table as a base64 CSV that decodes to the table itself."""
+    import base64
+    import io
+    import re
+
+    import pandas as pd
+
+    table = hist.table()
+    assert list(table["step"]) == hist.steps and "attention on s, (c,s,r) inputs" in table
+    d = plots.FigureData(table, "pretraining")
+    assert repr(d) == f"data of this figure: pretraining.csv ({len(table)} rows x {table.shape[1]} columns)"
+    uri = re.search(r'href="data:text/csv;charset=utf-8;base64,([^"]+)"', d._repr_html_()).group(1)
+    back = pd.read_csv(io.StringIO(base64.b64decode(uri).decode()))
+    assert list(back.columns) == list(table.columns)
+    np.testing.assert_allclose(back.to_numpy(float), table.to_numpy(float), rtol=1e-5)

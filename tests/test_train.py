@@ -235,3 +235,15 @@ def test_fast_run_checks_shapes() -> None:
     proc = subprocess.run([sys.executable, "-c", _RUN_MISMATCH], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"crashed with return code {proc.returncode}; output: {proc.stdout!r}"
     assert proc.stdout.startswith("ValueError:") and "vocabulary" in proc.stdout, proc.stdout
+
+
+def test_history_tables() -> None:
+    """``PTHistory.table`` and ``FTHistory.table`` hold the logged curves, one row per step
+    (per run for fine-tuning): the data behind the chapters' figures."""
+    datas = [make_data(SMALL.with_(seed=s)) for s in (0, 1)]
+    params, ph, ft, fh = _pt_ft(datas, ModelConfig(), [0, 1])
+    t = ph.table(run=1)
+    assert list(t["step"]) == ph.steps and np.array_equal(t["loss"], np.array(ph.loss)[:, 1])
+    f = fh.table()
+    assert len(f) == 2 * (FT.steps + 1) and list(f.columns) == ["run", "step", "loss", "acc_freq", "acc_rare", "acc"]
+    assert np.array_equal(f.loc[f["run"] == 1, "acc"], fh.acc[:, 1])
