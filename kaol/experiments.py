@@ -157,16 +157,18 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
     """``[fn(x) for x in items]``, computed in parallel by ``engine``, in the order of ``items``.
 
     ``local``: a ``ProcessPoolExecutor`` (spawned workers; ``workers=1`` runs in this process);
-    ``dask``: ``dask.distributed.Client(address)``; ``ray``: ``ray.init(address)`` and
-    ``ray.remote``. Each item's end is reported through ``log`` (default: stderr).
+    ``dask``: ``Client.map`` on a ``dask.distributed.Client(address)`` (no address: a local
+    cluster), closed at the end; ``ray``: ``ray.remote`` tasks, on the Ray this process is already
+    connected to, else on ``ray.init(address)``, shut down at the end. Each item's end is reported
+    through ``log`` (default: stderr).
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    start, out = time.perf_counter(), [None] * len(items)
+    start, out, finished = time.perf_counter(), [None] * len(items), []
 
     def done(i: int, result: object) -> None:
         out[i] = result
-        finished = sum(r is not None for r in out)
-        log(f"[{finished}/{len(items)}] {items[i]} done after {time.perf_counter() - start:.0f} s")
+        finished.append(i)
+        log(f"[{len(finished)}/{len(items)}] {items[i]} done after {time.perf_counter() - start:.0f} s")
 
     if engine not in ENGINES:
         raise ValueError(f"engine = {engine!r} is not one of {ENGINES}")
@@ -183,21 +185,26 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
     elif engine == "dask":
         from dask.distributed import Client
         from dask.distributed import as_completed as dask_completed
-        client = Client(address) if address else Client()
-        futures = client.map(fn, items, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        for f in dask_completed(futures):
-            done(index[f.key], f.result())
+        with Client(address) as client:
+            futures = client.map(fn, items, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            for f in dask_completed(futures):
+                done(index[f.key], f.result())
     else:
         import ray
-        ray.init(address=address, ignore_reinit_error=True)
-        remote = ray.remote(fn)
-        refs = [remote.remote(x) for x in items]
-        index = {r: i for i, r in enumerate(refs)}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done(index[ready[0]], ray.get(ready[0]))
+        owned = not ray.is_initialized()
+        if owned:
+            ray.init(address=address)
+        try:
+            remote = ray.remote(fn)
+            pending = [remote.remote(x) for x in items]
+            index = {r: i for i, r in enumerate(pending)}
+            while pending:
+                [ready], pending = ray.wait(pending, num_returns=1)
+                done(index[ready], ray.get(ready))
+        finally:
+            if owned:
+                ray.shutdown()
     return out
 
 

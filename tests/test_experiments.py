@@ -70,17 +70,32 @@ def test_run_all_rejects_unknown_engine() -> None:
         ex.run_all(_square, [1], engine="slurm")
 
 
+def _assert_same_sweep(a: tuple[pd.DataFrame, dict], b: tuple[pd.DataFrame, dict]) -> None:
+    """Two ``fig2a`` results are equal: the rows, and every fine-tuning curve."""
+    pd.testing.assert_frame_equal(a[0], b[0])
+    assert a[1].keys() == b[1].keys()
+    for key, h in a[1].items():
+        pd.testing.assert_frame_equal(h.table(), b[1][key].table())
+
+
 def test_run_all_dask() -> None:
+    """The Dask engine on a local two-worker cluster gives the local engine's results, in order."""
     pytest.importorskip("dask.distributed")
-    from dask.distributed import Client, LocalCluster
-    with LocalCluster(n_workers=1, processes=False) as cluster, Client(cluster):
-        assert ex.run_all(_square, [2, 3], engine="dask", address=cluster.scheduler_address) == [4, 9]
+    from dask.distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        engine = {"engine": "dask", "address": cluster.scheduler_address, "log": lambda s: None}
+        assert ex.run_all(_square, [3, 1, 2], **engine) == [9, 1, 4]
+        _assert_same_sweep(ex.fig2a(TINY, **engine), ex.fig2a(TINY, workers=1, log=lambda s: None))
 
 
 def test_run_all_ray() -> None:
+    """The Ray engine on a local two-CPU Ray gives the local engine's results, in order."""
     ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert ex.run_all(_square, [2, 3], engine="ray", address="local") == [4, 9]
+        engine = {"engine": "ray", "log": lambda s: None}
+        assert ex.run_all(_square, [3, 1, 2], **engine) == [9, 1, 4]
+        _assert_same_sweep(ex.fig2a(TINY, **engine), ex.fig2a(TINY, workers=1, log=lambda s: None))
     finally:
         ray.shutdown()
 
