@@ -259,6 +259,17 @@ def with_bound(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def gains(s: pd.DataFrame, cols: tuple[str, ...] = ("best_freq", "best_rare")
+          ) -> tuple[dict[str, float], dict[str, float]]:
+    """Fig. 2a's trend in a ``summary`` of one ``R``: the accuracy gained from the smallest to
+    the largest ``K`` at the largest ``N~_f``, and from the smallest to the largest ``N~_f`` at
+    the largest ``K``, for each column of ``cols``."""
+    acc = s.set_index(["K", "N_ft"])
+    Kmin, Kmax, Nmin, Nmax = s["K"].min(), s["K"].max(), s["N_ft"].min(), s["N_ft"].max()
+    return ({c: float(acc.loc[(Kmax, Nmax), c] - acc.loc[(Kmin, Nmax), c]) for c in cols},
+            {c: float(acc.loc[(Kmax, Nmax), c] - acc.loc[(Kmax, Nmin), c]) for c in cols})
+
+
 def threshold_N(K: np.ndarray | float, R: np.ndarray | float, err: float = 0.5) -> np.ndarray:
     """The ``N~_f`` at which the bound equals ``err``: ``2 R^2 log(1/err) / (K^2 log R)``."""
     return 2 * np.asarray(R, float) ** 2 * math.log(1 / err) / (np.asarray(K, float) ** 2 * np.log(R))

@@ -131,3 +131,12 @@ def test_cli_writes_csv_and_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     assert set(df["seed"]) == {0} and meta["config"]["seeds"] == [0]
     assert meta["figure"] == "bound" and set(meta["versions"]) >= {"python", "kaol", "torch"}
     assert not df.duplicated(["K", "N_ft", "R", "seed"]).any()
+
+
+def test_gains_reads_the_corners() -> None:
+    """``gains``: accuracy at (max K, max N~_f) minus (min K, max N~_f) and minus (max K, min N~_f)."""
+    s = pd.DataFrame({"K": [1, 1, 4, 4], "N_ft": [10, 50, 10, 50], "best_freq": [0.1, 0.2, 0.3, 0.9],
+                      "best_rare": [0.0, 0.1, 0.2, 0.5]})
+    g_K, g_N = ex.gains(s)
+    assert g_K == pytest.approx({"best_freq": 0.7, "best_rare": 0.4})
+    assert g_N == pytest.approx({"best_freq": 0.6, "best_rare": 0.3})

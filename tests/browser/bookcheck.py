@@ -6,11 +6,14 @@ builds nothing. It serves ``_build/html`` on 127.0.0.1 and, page by page, record
 * failures: a JavaScript exception, a console error from the book's own code, a local
   request that answers 4xx/5xx, an image that does not decode, an internal link whose file
   or ``#anchor`` does not exist, an empty output area, a plotly figure with no rendered
-  ``svg``, a notebook page without its Binder, Colab and Thebe launch buttons;
+  ``svg``, math that MathJax (served by the book, ``book/_ext/mathjax_static.py``) did not
+  typeset or typeset as a TeX error, raw TeX (``\\begin{``, ``$$``, ``\\(``, ``\\[``) left
+  in the page's visible text outside code, a notebook page without its Binder, Colab and
+  Thebe launch buttons;
 * what needs the network: every request to another host is *blocked* (the book must read
   the same on a laptop offline and in CI, online or not), listed by host, with what it
-  costs the reader (math left as TeX when MathJax cannot load, widget views left empty
-  when the widget manager cannot load). These are reported, not failures.
+  costs the reader (widget views left empty when the widget manager cannot load). These
+  are reported, not failures.
 
 Run it alone with ``python -m tests.browser.bookcheck [_build/html]`` (prints the report,
 exit code 1 on failures) or through ``pytest tests/browser``. Chromium is Debian's
@@ -57,6 +60,7 @@ class PageReport:
     offline: list[str] = field(default_factory=list)
     external_requests: list[str] = field(default_factory=list)
     images: int = 0
+    math: int = 0
     plotly: int = 0
     widgets: int = 0
     links_checked: int = 0
@@ -130,8 +134,19 @@ def check_link(html: Path, page_url: str, href: str, base: str) -> str | None:
     return None
 
 
-# Runs in the page once it has loaded: images decoded, outputs inspected.
-PAGE_PROBE = """async () => {
+# Runs in the page once it has loaded (and MathJax has typeset it): images decoded, outputs inspected.
+PAGE_PROBE = r"""async () => {
+  const rawTex = () => {  // TeX a reader would see: text outside code and typeset math
+    const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
+    const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT,
+      {acceptNode: n => n.parentElement.closest(skip) ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+    const found = [];
+    for (let n = walk.nextNode(); n && found.length < 3; n = walk.nextNode()) {
+      const i = n.data.search(/\\begin\{|\$\$|\\\(|\\\[/);
+      if (i >= 0) found.push(n.data.slice(i, i + 60));
+    }
+    return found;
+  };
   const imgs = [...document.images];
   await Promise.all(imgs.map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }));
   const widgetViews = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
@@ -144,10 +159,23 @@ PAGE_PROBE = """async () => {
                            && !o.querySelector('img, svg, canvas, iframe, video, script, .plotly-graph-div'))
                   .map(o => o.className),
     math: document.querySelectorAll('.math').length,
-    mathRendered: document.querySelectorAll('mjx-container').length,
+    untypeset: [...document.querySelectorAll('.math')].filter(m => !m.querySelector('mjx-container')).length,
+    texErrors: [...document.querySelectorAll('mjx-merror')].map(e => e.getAttribute('data-mjx-error') || e.textContent),
+    rawTex: rawTex(),
     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
   };
 }"""
+
+
+def wait_for_math(tab) -> str | None:
+    """Wait until MathJax has typeset the page (``MathJax.startup.promise``); why not, or None."""
+    try:
+        tab.wait_for_function("() => !document.querySelector('.math') || window.MathJax?.startup?.promise",
+                              timeout=8000)
+        tab.evaluate("() => window.MathJax?.startup?.promise")
+    except Exception as exc:
+        return f"MathJax did not typeset the page: {str(exc).splitlines()[0]}"
+    return None
 
 
 def check_page(context, html: Path, base: str, page: Path) -> PageReport:
@@ -186,6 +214,7 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
                               ".every(d => d.querySelector('svg.main-svg'))", timeout=8000)
     except Exception:
         pass
+    math_failure = wait_for_math(tab)
     probe = tab.evaluate(PAGE_PROBE)
     page_url = tab.url  # index.html redirects
     tab.close()
@@ -210,9 +239,13 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
                      + (" (the widget manager loads from a CDN)" if blocked else ""))
     for cls in probe["empty"]:
         report.failures.append(f"empty output area ({cls})")
-    if probe["math"] and not probe["mathRendered"]:
-        (report.offline if blocked else report.failures).append(
-            f"{probe['math']} math blocks left as TeX (MathJax loads from a CDN)")
+    report.math = probe["math"]
+    if probe["math"] and math_failure:
+        report.failures.append(math_failure)
+    if probe["untypeset"]:
+        report.failures.append(f"{probe['untypeset']} of {probe['math']} math blocks not typeset by MathJax")
+    report.failures += [f"TeX error: {e}" for e in probe["texErrors"]]
+    report.failures += [f"raw TeX visible: {t!r}" for t in probe["rawTex"]]
     for href in dict.fromkeys(probe["links"]):
         if href.startswith(("mailto:", "javascript:")) or href in ("#", ""):
             continue
@@ -233,7 +266,8 @@ def check_launch_buttons(html: Path, page: Path) -> list[str]:
 
 
 def screenshots(context, base: str, html: Path, reports: list[PageReport], out: Path) -> list[Path]:
-    """Screenshots of the intro, a page with an image figure and a page with plotly or a widget."""
+    """Screenshots of the intro, a page with an image figure, the first page with math (its first
+    display equation) and a page with plotly or a widget."""
     out.mkdir(parents=True, exist_ok=True)
     wanted: dict[str, tuple[str, str | None]] = {}
     intro = next((r.page for r in reports if r.page.endswith("intro.html")), reports[0].page)
@@ -242,6 +276,9 @@ def screenshots(context, base: str, html: Path, reports: list[PageReport], out: 
                    and "cell_output" in (html / r.page).read_text(encoding="utf-8")), None)
     if figure:
         wanted["figure"] = (figure, ".cell_output img")
+    math = next((r.page for r in reports if r.math), None)
+    if math:
+        wanted["equations"] = (math, "mjx-container[display='true']")
     interactive = next((r for r in reports if r.plotly), None) or next((r for r in reports if r.widgets), None)
     if interactive:
         wanted["interactive"] = (interactive.page, ".plotly-graph-div" if interactive.plotly
@@ -252,6 +289,7 @@ def screenshots(context, base: str, html: Path, reports: list[PageReport], out: 
         tab.route("**/*", lambda r: r.continue_() if r.request.url.startswith(base) else r.abort("blockedbyclient"))
         tab.goto(urljoin(base, page), wait_until="load")
         tab.wait_for_timeout(1500)
+        wait_for_math(tab)
         if selector and tab.locator(selector).count():
             tab.locator(selector).first.evaluate("e => (e.parentElement || e).scrollIntoView({block: 'center'})")
         path = out / f"{name}-{Path(page).stem}.png"
@@ -284,7 +322,7 @@ def summary(reports: list[PageReport]) -> str:
     lines = [f"{len(reports)} pages checked"]
     for r in reports:
         status = "FAIL" if r.failures else "ok"
-        lines.append(f"{status:4s} {r.page}: {r.images} images, {r.plotly} plotly, {r.widgets} widgets, "
+        lines.append(f"{status:4s} {r.page}: {r.images} images, {r.math} math, {r.plotly} plotly, {r.widgets} widgets, "
                      f"{r.links_checked} links, {len(r.external_requests)} blocked external requests")
         lines += [f"       failure: {f}" for f in r.failures]
         lines += [f"       offline: {o}" for o in r.offline]
