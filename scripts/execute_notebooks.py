@@ -65,6 +65,12 @@ def execute(path: Path, timeout: int = 900, kernel: str = "python3") -> float:
         record_timing=False,  # no timestamps in metadata: keeps diffs small
         resources={"metadata": {"path": str(path.parent)}},
     )
+    # nbclient mimics a frontend for ipywidgets' Output widget (what `interact` draws into) by
+    # sending the captured outputs back to the kernel on the shell channel while it waits on
+    # that channel for the cell's reply; that can deadlock (jupyter/nbclient#312: a chapter-6
+    # widget cell hung every time). Without the mimic the outputs of the widget's first call
+    # are stored as the cell's own outputs, which the static HTML shows without any JavaScript.
+    client.comm_open_handlers["jupyter.widget"] = lambda msg: None
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
