@@ -270,6 +270,13 @@ def gains(s: pd.DataFrame, cols: tuple[str, ...] = ("best_freq", "best_rare")
             {c: float(acc.loc[(Kmax, Nmax), c] - acc.loc[(Kmax, Nmin), c]) for c in cols})
 
 
+def n_needed(s: pd.DataFrame, col: str, level: float = 0.5) -> pd.Series:
+    """Per ``K``, the smallest ``N~_f`` of the grid whose mean ``col`` exceeds ``level``
+    (NaN where none does): how much fine-tuning extraction needs at each multiplicity."""
+    ok = s[s[col] > level]
+    return ok.groupby("K")["N_ft"].min().reindex(sorted(s["K"].unique()))
+
+
 def threshold_N(K: np.ndarray | float, R: np.ndarray | float, err: float = 0.5) -> np.ndarray:
     """The ``N~_f`` at which the bound equals ``err``: ``2 R^2 log(1/err) / (K^2 log R)``."""
     return 2 * np.asarray(R, float) ** 2 * math.log(1 / err) / (np.asarray(K, float) ** 2 * np.log(R))

@@ -140,3 +140,10 @@ def test_gains_reads_the_corners() -> None:
     g_K, g_N = ex.gains(s)
     assert g_K == pytest.approx({"best_freq": 0.7, "best_rare": 0.4})
     assert g_N == pytest.approx({"best_freq": 0.6, "best_rare": 0.3})
+
+
+def test_n_needed_is_the_first_size_above_the_level() -> None:
+    s = pd.DataFrame({"K": [1, 1, 1, 4, 4, 4, 8, 8, 8], "N_ft": [10, 50, 100] * 3,
+                      "best_freq": [0.1, 0.4, 0.7, 0.2, 0.6, 0.9, 0.1, 0.2, 0.3]})
+    n = ex.n_needed(s, "best_freq")
+    assert n.loc[1] == 100 and n.loc[4] == 50 and np.isnan(n.loc[8])
