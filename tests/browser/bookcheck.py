@@ -27,6 +27,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -209,6 +210,9 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     tab.route("**/*", route)
     url = urljoin(base, page.as_posix())
     tab.goto(url, wait_until="load")
+    if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
+        tab.wait_for_url(lambda u: u != url, timeout=8000)   # index.html: a redirect stub; check its target
+        tab.wait_for_load_state("load")
     try:  # plotly draws after load; give it a few seconds
         tab.wait_for_function("() => [...document.querySelectorAll('.plotly-graph-div')]"
                               ".every(d => d.querySelector('svg.main-svg'))", timeout=8000)
