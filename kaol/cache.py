@@ -16,6 +16,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from .seeds import offset
+
 R = TypeVar("R")
 _SOURCES = ("data.py", "model.py", "fast.py", "train.py", "metrics.py", "sweep.py", "experiments.py", "mechanism.py",
             "lora.py")
@@ -40,8 +42,9 @@ def _code_hash() -> str:
 
 
 def key(*parts: object) -> str:
-    """A stable hash of ``parts`` (dataclass configs, numbers, strings, tuples) and the code."""
-    return hashlib.sha256((repr(parts) + _code_hash()).encode()).hexdigest()[:20]
+    """A stable hash of ``parts`` (dataclass configs, numbers, strings, tuples), the code and
+    ``$KAOL_SEED_OFFSET`` (results drawn with other seeds never match)."""
+    return hashlib.sha256((repr((*parts, offset())) + _code_hash()).encode()).hexdigest()[:20]
 
 
 def memo(name: str, parts: tuple, compute: Callable[[], R]) -> R:

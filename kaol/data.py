@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .seeds import drawn
+
 # Sample kinds, used for the per-type losses of Sec. 4.
 CTX_FREQ, CTX_RARE, ANS_FREQ, ANS_RARE, QA = range(5)
 KIND_NAMES = ("(c,s)->r frequent", "(c,s)->r rare", "(c,s,r)->a frequent", "(c,s,r)->a rare", "(s,q)->a")
@@ -257,7 +259,7 @@ def entropy(cfg: DataConfig, weighted: bool = True) -> float:
 
 def make_data(cfg: DataConfig) -> KnowledgeData:
     """Draw the facts' phrasings and the fine-tuning split (Sec. 3) with ``cfg.seed``."""
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(drawn(cfg.seed))
     v = Vocab(cfg.N, cfg.R, cfg.context, cfg.rho_c)
     phrases = [np.sort(rng.choice(cfg.R, cfg.K, replace=False)) for _ in range(cfg.N_f)]
     phrases += [rng.choice(cfg.R, 1) for _ in range(cfg.N_r)]

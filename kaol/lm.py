@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataConfig, KnowledgeData, make_data
+from .seeds import drawn, offset
 
 CACHE = Path(__file__).resolve().parents[1] / ".kaol_cache" / "lm"
 
@@ -140,7 +141,7 @@ def build_gpt2(vocab_size: int, size: GPT2Size = GPT2Size(), n_positions: int = 
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=size.n_embd,
                      n_layer=size.n_layer, n_head=size.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
                      attn_pdrop=0.0, bos_token_id=pad_id, eos_token_id=pad_id, pad_token_id=pad_id)
-    torch.manual_seed(seed)
+    torch.manual_seed(drawn(seed))
     model = GPT2LMHeadModel(cfg)
     if not positional:
         with torch.no_grad():
@@ -155,6 +156,7 @@ def _adamw(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
 
 
 def _key(*parts: Any) -> str:
+    parts = (*parts, offset())                 # results of another KAOL_SEED_OFFSET never match
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -386,7 +388,7 @@ def director_facts(df, K: int, R: int = len(DIRECTOR_PHRASES), seed: int = 0,
     fact, drawn at random (App. K), and the Q&A prompt of every fact."""
     if not 1 <= K <= R <= len(DIRECTOR_PHRASES):
         raise ValueError(f"need 1 <= K <= R <= {len(DIRECTOR_PHRASES)}, got K={K}, R={R}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(drawn(seed))
     subj, obj = [str(s) for s in df["subj"]], [str(o) for o in df["obj"]]
     sents = []
     for s, o in zip(subj, obj):
@@ -478,12 +480,12 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
                   cfg.pt_lr, cfg.pt_wd, cfg.batch, cfg.seed)
 
     def pretrain():
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(drawn(cfg.seed))
         model = build_gpt2(vocab, cfg.size, n_positions=L, positional=cfg.positional, seed=cfg.seed, pad_id=pad)
         opt = _adamw(model, cfg.pt_lr, cfg.pt_wd)
         n_steps = cfg.pt_epochs * math.ceil(len(sents) / cfg.batch)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(50, n_steps, cosine=True))
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(drawn(cfg.seed))
         losses = []
         for _ in range(cfg.pt_epochs):
             perm, tot = torch.randperm(len(sents), generator=g), 0.0
@@ -515,7 +517,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
             train.append((p + a, [0] * len(p) + [1] * len(a)))
         opt = _adamw(model, cfg.ft_lr, cfg.ft_wd)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(20, 0, cosine=False))
-        g = torch.Generator().manual_seed(cfg.seed + 1)
+        g = torch.Generator().manual_seed(drawn(cfg.seed + 1))
 
         def em(idx: Sequence[int]) -> float:
             gen = greedy_generate(model, [enc(facts.prompts[i]) for i in idx], eos, pad, max_new=8)
@@ -654,7 +656,7 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
                [(p, list(a)) for p, a in eval_pairs], asdict(cfg))
 
     def run():
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(drawn(cfg.seed))
         model, tok = load_causal_lm(model_name_or_path, gguf_file, use_cache)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -669,7 +671,7 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
             ai = tok(" " + a[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             rows.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
         opt = _adamw(model, cfg.lr, cfg.weight_decay)
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(drawn(cfg.seed))
         losses = []
         model.train()
         for _ in range(cfg.epochs):

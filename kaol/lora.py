@@ -21,6 +21,7 @@ from torch import nn
 
 from .data import KnowledgeData, Samples
 from .fast import Batch, attention
+from .seeds import drawn
 
 
 class MLPHead(nn.Module):
@@ -55,7 +56,7 @@ def attention_output(W: torch.Tensor, samples: Samples, rho: torch.Tensor) -> to
 
 def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> PeftModel:
     """A rank-``r`` LoRA adapter on ``head.mlp`` (scale ``alpha / r``; ``alpha = r`` gives 1)."""
-    torch.manual_seed(seed)                                   # peft draws A with torch's global RNG
+    torch.manual_seed(drawn(seed))                            # peft draws A with torch's global RNG
     cfg = LoraConfig(r=r, lora_alpha=r if alpha is None else alpha, target_modules=["mlp"], lora_dropout=0.0)
     return get_peft_model(head, cfg)
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .seeds import drawn
+
 ARCHS = ("simplified", "uniform_mlp", "attention_only", "standard")
 
 
@@ -63,7 +65,7 @@ def init_params(cfg: ModelConfig, T: int, B: int = 1, seed: int | list[int] = 0)
 
 
 def _init_one(cfg: ModelConfig, T: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(drawn(seed))
 
     def normal(*shape: int) -> torch.Tensor:
         return (cfg.sigma0 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(cfg.dtype)

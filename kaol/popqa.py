@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .seeds import drawn
+
 COLUMNS = ("subj", "prop", "obj", "s_pop", "question", "possible_answers")
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "facts"
 
@@ -91,7 +93,7 @@ def split_by_popularity(df: pd.DataFrame, n_train: int, n_test: int, seed: int =
     if n_test + 2 * n_train > len(df):
         raise ValueError(f"{len(df)} facts cannot give n_test={n_test} plus 2 x n_train={n_train}")
     df = df.sort_values("s_pop", ascending=False, kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(drawn(seed))
     test_idx = np.sort(rng.choice(len(df), n_test, replace=False))
     rest = df.drop(index=test_idx)
     return PopularitySplit(rest.head(n_train).reset_index(drop=True),
