@@ -4,6 +4,12 @@ Usage::
 
     python scripts/claims_page.py            # rewrite book/claims.md
     python scripts/claims_page.py --check    # exit 1 if book/claims.md is out of date
+    python scripts/claims_page.py --fresh DIR   # record the verdicts of a fresh-seed run
+
+``--fresh DIR`` reads the notebooks that ``scripts/execute_notebooks.py --seed-offset 1000
+--out DIR`` executed and writes their verdicts to ``results/claims_fresh_seeds.json``
+(atomically); the page shows them beside the book's own, and says where a verdict changes
+with the seeds.
 
 The rows are the ids of :data:`kaol.claims.CLAIMS`, then any other id a chapter records.
 For an id that an executed chapter recorded (``kaol.claims.record``) the paper, ours and
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from ast import literal_eval
@@ -24,26 +31,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kaol.claims import CLAIMS, glue_name  # noqa: E402
+from kaol.claims import CLAIMS, FIELDS, VERDICTS, glue_name  # noqa: E402
 
 BOOK = ROOT / "book"
 PAGE = BOOK / "claims.md"
+FRESH = ROOT / "results" / "claims_fresh_seeds.json"
 GLUE_PREFIX = "application/papermill.record/"
 KEY = re.compile(r"claim-(?P<id>[a-z0-9-]+?)-verdict")
 
 HEADER = """# Claims
 
-Every claim of {cite:t}`xu2025filtering` that the book checks, in the paper's order: what
-the paper states, what our runs measured, and the verdict (*reproduced*, *partly*, *not*).
-The values are pasted from the executed chapters (`kaol.claims.record` glues them next to
-the `assert` that checks the claim); none is typed on this page. Follow the last column to
-the check.
+Every claim of {{cite:t}}`xu2025filtering` that the book checks, in the paper's order: what
+the paper states, what our runs measured (mean ± standard deviation over seeds), and the
+verdict. Each claim is one or more effects measured once per seed; an effect *holds* when
+its mean exceeds the paper's threshold by more than two standard errors and at least four
+in five seeds exceed it on their own. A claim is *reproduced* when all its effects hold,
+*not* when all fail, *partly* otherwise (`kaol.claims`). The values are pasted from the
+executed chapters; none is typed on this page. Follow the last column to the check.
+
+**{summary}**
+
+The column *fresh seeds* is the verdict of the same checks re-run with every seed shifted
+by {offset} (`KAOL_SEED_OFFSET={offset}`, {fresh_note}); a claim whose verdict changes with
+the seeds says so there.
 
 This page is written by `scripts/claims_page.py` from the executed notebooks; `pytest`
 fails when it is out of date.
 
-| | claim | paper | ours | verdict | checked in |
-|---|---|---|---|---|---|
+| | claim | paper | ours | seeds | verdict | fresh seeds | checked in |
+|---|---|---|---|---|---|---|---|
 """
 
 
@@ -52,6 +68,7 @@ def recorded(book: Path = BOOK) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for nb_path in sorted(book.glob("*.ipynb")):
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
+        seed_offset = nb.get("metadata", {}).get("kaol", {}).get("seed_offset", 0)
         title, sources = nb_path.stem, []
         glued: dict[str, str] = {}
         for cell in nb["cells"]:
@@ -64,47 +81,98 @@ def recorded(book: Path = BOOK) -> dict[str, dict]:
                 name = out.get("metadata", {}).get("scrapbook", {}).get("name")
                 text = out.get("data", {}).get(GLUE_PREFIX + "text/plain") or out.get("data", {}).get("text/plain")
                 if name and text is not None:
-                    glued[name] = "".join(text)
+                    glued[name] = literal_eval("".join(text))
         markdown = "\n".join(sources)
         for name in glued:
             if m := KEY.fullmatch(name):
                 cid = m.group("id")
-                claim = glued.get(glue_name(cid, "claim"), repr(cid))
-                found[cid] = {"notebook": nb_path.name, "title": title, "claim": literal_eval(claim),
-                              "label": re.search(rf"^\(claim-{re.escape(cid)}\)=\s*$", markdown, re.M) is not None}
+                found[cid] = {"notebook": nb_path.name, "title": title, "seed_offset": seed_offset,
+                              "label": re.search(rf"^\(claim-{re.escape(cid)}\)=\s*$", markdown, re.M) is not None,
+                              **{f: glued.get(glue_name(cid, f), "") for f in FIELDS}}
+                found[cid]["claim"] = found[cid]["claim"] or cid
     return found
 
 
-def row(n: int, cid: str, claim: str, where: dict | None) -> str:
+def fresh_verdicts(path: Path = FRESH) -> dict:
+    """The recorded fresh-seed run (``--fresh``), or an empty record if none was made."""
+    if not path.exists():
+        return {"offset": None, "verdicts": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def row(n: int, cid: str, claim: str, where: dict | None, fresh: dict | None) -> str:
     """One table row: glue references if the claim is recorded, a placeholder otherwise."""
     if where is None:
-        return f"| {n} | {claim} | | | not yet checked | |"
+        return f"| {n} | {claim} | | | | not yet checked | | |"
     nb = where["notebook"]
-    cells = [f"{{glue:text}}`{nb}::{glue_name(cid, f)}:s`" for f in ("paper", "ours", "verdict")]
+    cells = [f"{{glue:text}}`{nb}::{glue_name(cid, f)}:s`" for f in ("paper", "ours", "seeds", "verdict")]
+    if fresh is None:
+        cells.append("not run")
+    else:
+        same = fresh["verdict"] == where["verdict"]
+        cells.append(f"{fresh['verdict']} (seeds {fresh['seeds']})"
+                     + ("" if same else f"; **changes with the seeds** ({where['verdict']} on the book's)"))
     link = (f"{{ref}}`{where['title']} <claim-{cid}>`" if where["label"]
             else f"{{doc}}`{where['title']} <{Path(nb).stem}>`")
     return f"| {n} | {claim} | {' | '.join(cells)} | {link} |"
 
 
-def page(book: Path = BOOK) -> str:
-    """The text of ``claims.md`` for the notebooks in ``book``."""
+def page(book: Path = BOOK, fresh_path: Path = FRESH) -> str:
+    """The text of ``claims.md`` for the notebooks in ``book`` and the fresh-seed record."""
     found = recorded(book)
+    fresh = fresh_verdicts(fresh_path)
     ids = list(CLAIMS) + sorted(set(found) - set(CLAIMS))
-    rows = [row(n, cid, CLAIMS.get(cid) or found[cid]["claim"], found.get(cid)) for n, cid in enumerate(ids, 1)]
-    return HEADER + "\n".join(rows) + "\n"
+    rows = [row(n, cid, CLAIMS.get(cid) or found[cid]["claim"], found.get(cid), fresh["verdicts"].get(cid))
+            for n, cid in enumerate(ids, 1)]
+    counts = {v: sum(f["verdict"] == v for f in found.values()) for v in VERDICTS}
+    summary = f"{len(found)} of {len(ids)} claims checked: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+    changed = [cid for cid in found if cid in fresh["verdicts"] and fresh["verdicts"][cid]["verdict"] != found[cid]["verdict"]]
+    if fresh["verdicts"]:
+        summary += f"; {len(changed)} change with fresh seeds"
+    fresh_note = (f"recorded by `{fresh['command']}`" if fresh["verdicts"] else "not recorded yet")
+    head = HEADER.format(summary=summary, offset=fresh["offset"] or 1000, fresh_note=fresh_note)
+    return head + "\n".join(rows) + "\n"
+
+
+def record_fresh(folder: Path, path: Path = FRESH) -> dict:
+    """Write the verdicts of the notebooks executed in ``folder`` (a fresh-seed run) to ``path``."""
+    found = recorded(folder)
+    if not found:
+        raise SystemExit(f"no executed chapter with claims in {folder}: run scripts/execute_notebooks.py "
+                         f"--seed-offset 1000 --out {folder} first")
+    offsets = {f["seed_offset"] for f in found.values()}
+    if len(offsets) != 1 or not next(iter(offsets)):
+        raise SystemExit(f"the chapters in {folder} ran with seed offsets {sorted(offsets)}: execute them all "
+                         f"with one --seed-offset N > 0")
+    offset = offsets.pop()
+    data = {"command": f"python scripts/execute_notebooks.py --seed-offset {offset} --out DIR && "
+                       f"python scripts/claims_page.py --fresh DIR",
+            "offset": offset,
+            "verdicts": {cid: {k: f[k] for k in ("verdict", "ours", "seeds")} for cid, f in sorted(found.items())}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return data
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if book/claims.md is out of date")
+    parser.add_argument("--fresh", type=Path, default=None,
+                        help="folder of notebooks executed with --seed-offset: record their verdicts")
     args = parser.parse_args(argv)
+    if args.fresh is not None:
+        data = record_fresh(args.fresh)
+        print(f"wrote {FRESH.relative_to(ROOT)}: {len(data['verdicts'])} verdicts")
     text = page()
     if args.check:
         if not PAGE.exists() or PAGE.read_text(encoding="utf-8") != text:
             print(f"{PAGE.relative_to(ROOT)} is out of date: run python scripts/claims_page.py")
             return 1
         return 0
-    PAGE.write_text(text, encoding="utf-8")
+    tmp = PAGE.with_name(f".{PAGE.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, PAGE)
     missing = [cid for cid in CLAIMS if cid not in recorded()]
     print(f"wrote {PAGE.relative_to(ROOT)}: {len(CLAIMS) - len(missing)}/{len(CLAIMS)} claims recorded"
           + (f"; not yet: {', '.join(missing)}" if missing else ""))

@@ -10,6 +10,12 @@ Usage::
 
     python scripts/execute_notebooks.py                      # every book/*.ipynb
     python scripts/execute_notebooks.py book/01_architecture.ipynb [...]
+    python scripts/execute_notebooks.py --seed-offset 1000 --out /tmp/fresh   # fresh seeds
+
+``--seed-offset N`` runs the kernels with ``KAOL_SEED_OFFSET=N`` (every seed kaol draws
+with is shifted by N, see ``kaol.seeds``) and ``--out DIR`` writes the executed notebooks
+to ``DIR`` instead of over the committed ones (the kernel still runs in ``book/``);
+``scripts/claims_page.py --fresh DIR`` then records the verdicts of that run.
 
 Fails (exit code 1) if any cell raises; the failing notebook is not overwritten.
 """
@@ -17,6 +23,7 @@ Fails (exit code 1) if any cell raises; the failing notebook is not overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,8 +54,8 @@ def check_kernel(kernel: str) -> None:
                          f"({sys.executable}): run `python -m ipykernel install --sys-prefix --name {kernel}`")
 
 
-def execute(path: Path, timeout: int = 900, kernel: str = "python3") -> float:
-    """Execute one notebook in place; return the wall time in seconds.
+def execute(path: Path, timeout: int = 900, kernel: str = "python3", out: Path | None = None) -> float:
+    """Execute one notebook, in place or into ``out``; return the wall time in seconds.
 
     The kernel's working directory is the notebook's folder, as in Jupyter and in
     nbval, so relative paths behave the same in all three.
@@ -56,6 +63,8 @@ def execute(path: Path, timeout: int = 900, kernel: str = "python3") -> float:
     nb = nbformat.read(path, as_version=4)
     nb.metadata.setdefault("kernelspec", {
         "name": kernel, "display_name": "Python 3", "language": "python"})
+    if os.environ.get("KAOL_SEED_OFFSET", "0") not in ("", "0"):      # recorded for claims_page.py --fresh
+        nb.metadata.setdefault("kaol", {})["seed_offset"] = int(os.environ["KAOL_SEED_OFFSET"])
     client = NotebookClient(
         nb,
         timeout=timeout,
@@ -75,7 +84,10 @@ def execute(path: Path, timeout: int = 900, kernel: str = "python3") -> float:
     client.execute()
     elapsed = time.perf_counter() - start
     nbformat.validate(nb)
-    nbformat.write(nb, path)
+    target = out or path
+    tmp = target.with_name(f".{target.name}.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, target)                     # never a half-written notebook
     return elapsed
 
 
@@ -85,7 +97,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="notebooks to execute (default: every book/*.ipynb)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--kernel", default="python3", help="kernelspec name")
+    parser.add_argument("--seed-offset", type=int, default=None,
+                        help="run with KAOL_SEED_OFFSET set to this non-negative integer")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write executed notebooks to this folder instead of in place")
     args = parser.parse_args(argv)
+    if args.seed_offset is not None:
+        if args.seed_offset < 0:
+            parser.error(f"--seed-offset {args.seed_offset} must be a non-negative integer")
+        os.environ["KAOL_SEED_OFFSET"] = str(args.seed_offset)   # the kernels inherit it
+    if args.out is not None:
+        if args.out.resolve() == BOOK.resolve():
+            parser.error("--out must not be book/ itself (omit --out to execute in place)")
+        args.out.mkdir(parents=True, exist_ok=True)
 
     check_kernel(args.kernel)
     paths = args.notebooks or sorted(BOOK.glob("*.ipynb"))
@@ -94,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(f"executing {path} ...", flush=True)
         try:
-            seconds = execute(path, args.timeout, args.kernel)
+            seconds = execute(path, args.timeout, args.kernel, args.out / path.name if args.out else None)
         except CellExecutionError as err:
             print(f"FAILED {path}:\n{err}", file=sys.stderr, flush=True)
             failed.append(path)
