@@ -25,20 +25,62 @@ def test_glue_names() -> None:
         claims.glue_name("ood-r", "value")
 
 
+def test_effect_statistics() -> None:
+    e = claims.Effect("gain", [0.34, 0.30, 0.41, 0.29, 0.36], range(5))
+    assert e.n == 5 and abs(e.mean - 0.34) < 1e-12 and e.above == 5 and e.status == "holds"
+    assert e.text() == "0.34 ± 0.05 over 5 seeds, 5/5 above 0"
+    # a mean above the threshold but within two standard errors is weak
+    assert claims.Effect("x", [0.5, -0.3, 0.4, -0.2, 0.1], range(5)).status == "weak"
+    # one seed in five below the threshold still holds; two do not
+    assert claims.Effect("x", [1.0, 1.1, 0.9, 1.0, -0.01], range(5)).status == "holds"
+    assert claims.Effect("x", [1.0, 1.1, 0.9, -0.01, -0.01], range(5)).status == "weak"
+    assert claims.Effect("x", [0.01, 0.0, 0.02], range(3), threshold=0.05).status == "fails"
+    assert claims.verdict([e, e]) == "reproduced"
+    assert claims.verdict([e, claims.Effect("x", [0.0, 0.0], range(2))]) == "partly"
+    assert claims.verdict([claims.Effect("x", [0.0, 0.0], range(2))]) == "not"
+
+
+@pytest.mark.parametrize("se, d", [(0.0, 3), (0.023, 2), (0.004, 3), (0.3, 1), (0.049, 2), (3.0, 0), (1e-9, 3)])
+def test_decimals_follow_the_spread(se: float, d: int) -> None:
+    assert claims.decimals(se) == d
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"values": [1.0, 2.0], "seeds": [0]}, ValueError),            # one value per seed
+    ({"values": [1.0, 2.0], "seeds": [0, 0]}, ValueError),         # repeated seed
+    ({"values": [1.0, float("nan")], "seeds": [0, 1]}, ValueError),
+    ({"values": [], "seeds": []}, ValueError),
+    ({"values": [1.0], "seeds": [0], "threshold": float("inf")}, ValueError),
+])
+def test_effect_rejects_bad_input(kwargs: dict, error: type) -> None:
+    with pytest.raises(error):
+        claims.Effect("x", **kwargs)
+
+
 def test_record_glues_formatted_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     glued: dict[str, object] = {}
     monkeypatch.setattr("myst_nb.glue", lambda name, value, display=True: glued.update({name: (value, display)}))
-    line = claims.record("ood-r", "OOD accuracy falls with R", "falls", "0.91 -> 0.40", "reproduced")
-    assert glued == {"claim-ood-r-claim": ("OOD accuracy falls with R", False), "claim-ood-r-paper": ("falls", False),
-                     "claim-ood-r-ours": ("0.91 -> 0.40", False), "claim-ood-r-verdict": ("reproduced", False)}
-    assert line == "claim ood-r [reproduced]: OOD accuracy falls with R | paper: falls | ours: 0.91 -> 0.40"
+    monkeypatch.delenv("KAOL_SEED_OFFSET", raising=False)
+    e = claims.Effect("drop from R = 20 to 40", [0.3, 0.35, 0.28], [0, 1, 2])
+    out = claims.record("ood-r", "falls", [e])
+    assert glued == {"claim-ood-r-claim": (claims.CLAIMS["ood-r"], False), "claim-ood-r-paper": ("falls", False),
+                     "claim-ood-r-ours": (f"drop from R = 20 to 40: {e.text()}", False),
+                     "claim-ood-r-verdict": ("reproduced", False), "claim-ood-r-seeds": ("0-2", False)}
+    assert repr(out).splitlines()[0] == "claim ood-r: reproduced"
+    assert "**Verdict: reproduced**" in out._repr_markdown_()
+    quiet = claims.record("ood-r", "falls", [e], numbers_compared=False)
+    assert repr(quiet) == "claim ood-r: reproduced (effects: holds; seeds 0-2)"
+    monkeypatch.setenv("KAOL_SEED_OFFSET", "1000")
+    assert claims.record("ood-r", "falls", [e]).seeds == "1000-1002"
     with pytest.raises(ValueError):
-        claims.record("ood-r", "c", "p", "o", "yes")
+        claims.record("no-such-claim", "p", [e])
     with pytest.raises(TypeError):
-        claims.record("ood-r", "c", "p", 0.4, "not")  # numbers are formatted by the chapter
+        claims.record("ood-r", "", [e])
+    with pytest.raises(ValueError):
+        claims.record("ood-r", "p", [])
 
 
-def fake_chapter(folder: Path, label: bool) -> None:
+def fake_chapter(folder: Path, label: bool, verdict: str = "partly", seed_offset: int = 0) -> None:
     """An executed notebook as kaol.claims.record leaves it (glue outputs, optional label)."""
     def glued(name: str, value: str) -> dict:
         prefix = "application/papermill.record/"
@@ -49,15 +91,16 @@ def fake_chapter(folder: Path, label: bool) -> None:
              {"cell_type": "markdown", "metadata": {}, "source": [md]},
              {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": ["record(...)"],
               "outputs": [glued(f"claim-{cid}-{f}", v) for cid in ("ood-r", "new-one")
-                          for f, v in zip(claims.FIELDS, ("a claim", "falls", "0.9 -> 0.4", "partly"))]}]
-    (folder / "06_experiments.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                          for f, v in zip(claims.FIELDS, ("a claim", "falls", "0.9 -> 0.4", verdict, "0-4"))]}]
+    meta = {"kaol": {"seed_offset": seed_offset}} if seed_offset else {}
+    (folder / "06_experiments.ipynb").write_text(json.dumps({"cells": cells, "metadata": meta, "nbformat": 4,
                                                              "nbformat_minor": 5}))
 
 
 @pytest.mark.parametrize("label", [True, False])
 def test_claims_page_rows(tmp_path: Path, label: bool) -> None:
     fake_chapter(tmp_path, label)
-    lines = claims_page.page(tmp_path).splitlines()
+    lines = claims_page.page(tmp_path, tmp_path / "no-fresh-run.json").splitlines()
     row = next(line for line in lines if claims.CLAIMS["ood-r"] in line)
     assert "{glue:text}`06_experiments.ipynb::claim-ood-r-ours:s`" in row
     assert "{glue:text}`06_experiments.ipynb::claim-ood-r-verdict:s`" in row
@@ -65,6 +108,24 @@ def test_claims_page_rows(tmp_path: Path, label: bool) -> None:
     assert lines[-1].startswith(f"| {len(claims.CLAIMS) + 1} | a claim |")  # recorded, not in CLAIMS
     other = next(line for line in lines if claims.CLAIMS["pt-loss-entropy"] in line)
     assert "not yet checked" in other and "glue" not in other
+    assert "**2 of 17 claims checked: 0 reproduced, 2 partly, 0 not**" in lines
+
+
+def test_fresh_seed_verdicts(tmp_path: Path) -> None:
+    """--fresh records the verdicts of a run with KAOL_SEED_OFFSET; the page shows where they change."""
+    book, fresh = tmp_path / "book", tmp_path / "fresh"
+    book.mkdir(), fresh.mkdir()
+    fake_chapter(book, True, "partly")
+    fake_chapter(fresh, True, "reproduced", seed_offset=1000)
+    record = claims_page.record_fresh(fresh, tmp_path / "fresh.json")
+    assert record["offset"] == 1000 and record["verdicts"]["ood-r"]["verdict"] == "reproduced"
+    text = claims_page.page(book, tmp_path / "fresh.json")
+    row = next(line for line in text.splitlines() if claims.CLAIMS["ood-r"] in line)
+    assert "reproduced (seeds 0-4); **changes with the seeds** (partly on the book's)" in row
+    assert "2 change with fresh seeds" in text
+    fake_chapter(fresh, True, "reproduced")            # executed without an offset: refused
+    with pytest.raises(SystemExit):
+        claims_page.record_fresh(fresh, tmp_path / "fresh.json")
 
 
 def test_claims_page_is_up_to_date() -> None:
