@@ -1,5 +1,7 @@
 """How fine-tuning extracts (or fails to extract) a stored fact: relation-phrase coverage and
-what the model answers instead (Thm. 2.2-2.3, MODEL.md "A reading of the mechanism").
+what the model answers instead (Thm. 2.2-2.3, the book's page on the reconstruction); and what
+pre-training leaves behind: where the loss stays above the entropy (dead pairs, Thm. 2.1) and
+the probability of the relation set after ``(c, s_i)`` (Prop. 2, Eq. (17)).
 
 A fine-tuning fact ``(s_i, q) -> a_i`` *covers* the K relation phrases it was pre-trained
 with. An unseen fact is *fully covered* when every phrase attached to it is covered by
@@ -12,12 +14,15 @@ Unseen facts are ordered as in ``kaol.train.FTHistory.pred``: the unseen frequen
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .data import KnowledgeData
-from .fast import Batch, attention
+from .data import CTX_FREQ, CTX_RARE, KnowledgeData
+from .fast import Batch, attention, run
+from .model import ModelConfig
 
 OUTPUTS = ("correct", "relation phrase", "answer of a fine-tuning fact", "answer of another unseen fact",
            "subject", "q or c")
@@ -110,3 +115,79 @@ def qa_attention(W: torch.Tensor, data: KnowledgeData, dtype: torch.dtype = torc
     v = data.vocab
     batch = Batch.build(data.qa_train, v.size, v.rho, dtype, B=W.shape[0])
     return attention(W.to(dtype), batch).numpy()
+
+
+def _pretrain_batch(data: list[KnowledgeData], model: ModelConfig) -> Batch:
+    v = data[0].vocab
+    return Batch.build([d.pretrain for d in data], v.size, [d.vocab.rho for d in data], model.dtype)
+
+
+@dataclass
+class LossGap:
+    """Where a pre-trained model's loss sits above the entropy ``H`` (Thm. 2.1, Eq. (13)), per row.
+
+    All arrays are (B, n) over the pre-training rows of ``B`` runs (padding rows have weight
+    0): ``w`` the row's weight in the loss (summing to 1 per run), ``excess`` its
+    cross-entropy above its own optimum (the entropy of its target), ``kind`` its sample kind
+    (``kaol.data.KIND_NAMES``, -1 on padding), and ``dead`` how many of the K phrase logits of
+    a frequent context ``(c, s_i)`` are exactly 0, all ``m`` ReLU neurons of the phrase being
+    inactive on that input (0 on other rows). The loss minus ``H`` is ``(w * excess).sum(1)``.
+    """
+
+    w: np.ndarray
+    excess: np.ndarray
+    dead: np.ndarray
+    kind: np.ndarray
+
+    @property
+    def gap(self) -> np.ndarray:
+        """Loss minus its optimum, summed over the rows (B,)."""
+        return (self.w * self.excess).sum(1)
+
+    def table(self) -> pd.DataFrame:
+        """One row per run: the gap, the dead pairs, and the share of the gap in the frequent
+        contexts that have a dead phrase; excess cross-entropy of those and of the other
+        frequent contexts."""
+        hit, ctx = self.dead > 0, self.kind == CTX_FREQ
+        part = self.w * self.excess
+        return pd.DataFrame({
+            "gap": self.gap,
+            "dead pairs": self.dead.sum(1),
+            "contexts with a dead phrase": hit.sum(1),
+            "share of the gap": (part * hit).sum(1) / self.gap,
+            "excess CE, dead": _mean_where(self.excess, hit),
+            "excess CE, other contexts": _mean_where(self.excess, ctx & ~hit),
+        })
+
+
+def _mean_where(x: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Mean of ``x`` over the selected entries of each run; NaN for a run with none."""
+    n = sel.sum(1)
+    return np.where(n > 0, (x * sel).sum(1) / np.maximum(n, 1), np.nan)
+
+
+def loss_gap(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> LossGap:
+    """The rows' share of the gap to ``H`` and the dead (subject, phrase) pairs of ``B``
+    pre-trained runs (``params`` with a leading run axis, one data set per run)."""
+    batch = _pretrain_batch(data, model)
+    out = run(params["W"], params["V"], batch, model.lam, grad=False)
+    B, n = batch.shape[:2]
+    optimum = -torch.special.xlogy(batch.y_prob, batch.y_prob).sum(1).view(B, n).double()
+    excess = out.ce.double() - optimum
+    dead = torch.zeros(B, n, dtype=torch.long)
+    for b, d in enumerate(data):
+        rows = (batch.kind[b] == CTX_FREQ).nonzero().squeeze(1)
+        phrases = torch.tensor(np.stack([[d.vocab.r(int(k)) for k in d.phrases[int(i)]]
+                                         for i in batch.fact[b, rows]]))
+        dead[b, rows] = (out.logits[b, rows[:, None], phrases] == 0).sum(1)
+    return LossGap(batch.w.double().numpy(), excess.numpy(), dead.numpy(), batch.kind.numpy())
+
+
+def relation_mass(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> np.ndarray:
+    """Mean probability of the whole relation set after the contexts ``(c, s_i)``, frequent
+    and rare, per run (B,): ``p_R`` of Prop. 2, Eq. (17)."""
+    batch = _pretrain_batch(data, model)
+    p = torch.softmax(run(params["W"], params["V"], batch, model.lam, grad=False).logits.double(), -1)
+    rel = torch.tensor([data[0].vocab.r(k) for k in range(data[0].cfg.R)])
+    ctx = ((batch.kind == CTX_FREQ) | (batch.kind == CTX_RARE)).double()
+    return ((p[..., rel].sum(-1) * ctx).sum(1) / ctx.sum(1)).numpy()

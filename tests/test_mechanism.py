@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from kaol.data import DataConfig, make_data
-from kaol.mechanism import (OUTPUTS, coverage, covered_phrases, fact_table, output_counts, output_kind,
-                            qa_attention, success_by_coverage, unseen_facts)
+import torch
+
+from kaol.data import CTX_FREQ, DataConfig, entropy, make_data
+from kaol.mechanism import (OUTPUTS, coverage, covered_phrases, fact_table, loss_gap, output_counts,
+                            output_kind, qa_attention, relation_mass, success_by_coverage, unseen_facts)
 from kaol.model import ModelConfig, init_params
+from kaol.train import Schedule, pretrain
 
 CFG = DataConfig(N_f=12, N_r=6, R=8, K=3, N_ft=4, seed=3)
 
@@ -64,3 +67,34 @@ def test_shared_phrase_of_hallucinated_answers() -> None:
     assert table["shares phrase"].tolist() == expect
     assert 0.0 <= chance_of_shared_phrase(d) <= 1.0
     assert fact_table(d, np.full(len(facts), v.q))["shares phrase"].isna().all()
+
+
+def test_loss_gap_sums_to_loss_minus_entropy_and_counts_dead_pairs() -> None:
+    """The rows' excess cross-entropy adds up to loss - H (Thm. 2.1); with V = 0 every
+    phrase logit is 0, so all K phrases of every frequent context are dead."""
+    model = ModelConfig(m=3)
+    data = [make_data(CFG.with_(seed=s)) for s in (0, 1)]
+    params, hist = pretrain(data, model, Schedule((2.0, 10.0, 5.0), 2, 10, 20), seed=[0, 1])
+    gap = loss_gap(params, data, model)
+    assert np.allclose(gap.gap, hist.loss[-1] - entropy(CFG), atol=1e-5)
+    tab = gap.table()
+    assert len(tab) == 2 and (tab["share of the gap"].between(0, 1)).all()
+    assert ((gap.dead >= 0) & (gap.dead <= CFG.K)).all() and (gap.dead[gap.kind != CTX_FREQ] == 0).all()
+    zero = {"W": params["W"], "V": torch.zeros_like(params["V"])}
+    dead = loss_gap(zero, data, model)
+    assert (dead.dead[dead.kind == CTX_FREQ] == CFG.K).all()
+    assert (dead.table()["dead pairs"] == CFG.N_f * CFG.K).all()
+    assert np.allclose(dead.table()["share of the gap"], (dead.w * dead.excess * (dead.kind == CTX_FREQ)).sum(1)
+                       / dead.gap)
+
+
+def test_relation_mass_is_uniform_at_zero_V_and_grows_with_the_relation_logits() -> None:
+    """``p_R`` of Prop. 2: R / T for equal logits; 1 when relation logits dominate."""
+    model = ModelConfig(m=3)
+    d = make_data(CFG)
+    params = init_params(model, d.vocab.size, 1, 0)
+    V = torch.zeros_like(params["V"])
+    assert np.allclose(relation_mass({"W": params["W"], "V": V}, [d], model), CFG.R / d.vocab.size)
+    rel = [d.vocab.r(k) for k in range(CFG.R)]
+    V[0, :, :, rel] = 10.0
+    assert relation_mass({"W": params["W"], "V": V}, [d], model)[0] > 0.99
