@@ -74,14 +74,14 @@ def seed(name: str, value: Any) -> int:
     return integer(name, value, lo=0)
 
 
-def seeds(name: str, values: Any) -> list[int]:
-    """A non-empty list of distinct non-negative int seeds."""
+def seeds(name: str, values: Any, distinct: bool = False) -> list[int]:
+    """A non-empty list of non-negative int seeds (all different when ``distinct``)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise TypeError(f"{name} = {values!r} must be a list of non-negative int seeds")
     out = [seed(f"{name}[{i}]", s) for i, s in enumerate(values)]
     if not out:
         raise ValueError(f"{name} = {values!r} is empty: pass at least one seed")
-    if len(set(out)) != len(out):
+    if distinct and len(set(out)) != len(out):
         raise ValueError(f"{name} = {values!r} repeats a seed: pass distinct seeds")
     return out
 

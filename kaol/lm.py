@@ -27,7 +27,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import math
@@ -44,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataConfig, KnowledgeData, make_data
-from .seeds import drawn, offset
+from . import checks
+from .cache import memo
+from .seeds import drawn
 
-CACHE = Path(__file__).resolve().parents[1] / ".kaol_cache" / "lm"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,24 +155,18 @@ def _adamw(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _key(*parts: Any) -> str:
-    parts = (*parts, offset())                 # results of another KAOL_SEED_OFFSET never match
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _cached(name: str, parts: tuple, fn, use_cache: bool):
+    """``fn()`` stored in the one cache of the package (``kaol.cache``: folder ``$KAOL_CACHE``, key
+    over ``parts``, the package source, the library versions and ``$KAOL_SEED_OFFSET``). The
+    computation is deterministic, so the result is the same with or without the cache."""
+    return memo(name, parts, fn, enabled=use_cache)
 
 
-def _cached(name: str, key: str, fn, use_cache: bool):
-    """``fn()`` with its result stored at ``.kaol_cache/lm/{name}-{key}.pt``. The computation
-    is deterministic, so the result is the same with or without the cache."""
-    path = CACHE / f"{name}-{key}.pt"
-    if use_cache and path.exists():
-        return torch.load(path, weights_only=False)
-    out = fn()
-    if use_cache:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(out, tmp)
-        tmp.replace(path)
-    return out
+def _diverged(what: str, loss: float, step: int, lr: float) -> None:
+    """Stop a language-model run whose loss is not finite (nothing diverged is cached)."""
+    if not math.isfinite(loss):
+        raise ValueError(f"{what} loss became {loss} at step {step} with learning rate {lr:g}: the run "
+                         f"diverged, lower that rate (e.g. to {lr / 10:g})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +243,7 @@ def pretrain_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
     pre-training data do not depend on ``N_ft``, so runs differing only in ``N_ft`` share it.
     """
     d = data.cfg
-    key = _key("pt", asdict(d.with_(N_ft=0)), asdict(cfg.size), cfg.pt_steps, cfg.pt_lr, cfg.pt_wd, cfg.seed)
+    key = ("pt", d.with_(N_ft=0), cfg.size, cfg.pt_steps, cfg.pt_lr, cfg.pt_wd, cfg.seed)
 
     def run():
         seqs, w = synthetic_sequences(data)
@@ -259,6 +253,7 @@ def pretrain_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
         losses = []
         for _ in range(cfg.pt_steps):
             loss = synthetic_pt_loss(model, seqs, w)
+            _diverged("GPT-2 pre-training", loss.item(), len(losses), cfg.pt_lr)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -276,7 +271,7 @@ def train_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
     """Pre-train (or load) and fine-tune on ``(s_i, q) -> a_i`` of the ``N_ft`` facts with Adam,
     all parameters but the frozen ``wpe``; OOD accuracy at every step (Fig. 2c/2d)."""
     state, pt_loss, pt_acc = pretrain_synthetic(data, cfg, use_cache)
-    key = _key("ft", asdict(data.cfg), asdict(cfg))
+    key = ("ft", data.cfg, cfg)
 
     def run():
         model = build_gpt2(data.vocab.size + 1, cfg.size, n_positions=8, seed=cfg.seed,
@@ -294,6 +289,7 @@ def train_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
             af.append(float(hit[:nf].mean()) if nf else float("nan"))
             ar.append(float(hit[nf:].mean()) if len(hit) > nf else float("nan"))
             loss = F.cross_entropy(model(x).logits[:, -1], y)
+            _diverged("GPT-2 fine-tuning", loss.item(), t, cfg.ft_lr)
             losses.append(loss.item())
             if t == cfg.ft_steps:
                 break
@@ -476,8 +472,8 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
     sents = [enc(s) + [eos] for s in facts.sentences]
     L = max(len(s) for s in sents) + max(len(enc(p)) + len(enc(o)) for p, o in zip(facts.prompts, facts.obj)) + 2
     vocab = tok.get_vocab_size()
-    pt_key = _key("text-pt", facts.sentences, facts.prompts, asdict(cfg.size), cfg.positional, cfg.pt_epochs,
-                  cfg.pt_lr, cfg.pt_wd, cfg.batch, cfg.seed)
+    pt_key = ("text-pt", tuple(facts.sentences), tuple(facts.prompts), cfg.size, cfg.positional, cfg.pt_epochs,
+              cfg.pt_lr, cfg.pt_wd, cfg.batch, cfg.seed)
 
     def pretrain():
         torch.manual_seed(drawn(cfg.seed))
@@ -492,6 +488,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
             for b in range(0, len(sents), cfg.batch):
                 x, m = _pad([sents[i] for i in perm[b:b + cfg.batch]], pad)
                 loss = _lm_loss(model, x, m, m)
+                _diverged("GPT-2 pre-training on text", loss.item(), len(losses), cfg.pt_lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -501,7 +498,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
         return {k: t.clone() for k, t in model.state_dict().items()}, np.array(losses)
 
     state, pt_loss = _cached("text-pt", pt_key, pretrain, use_cache)
-    key = _key("text-ft", pt_key, list(map(int, ft_idx)), list(map(int, test_idx)), asdict(cfg))
+    key = ("text-ft", pt_key, tuple(map(int, ft_idx)), tuple(map(int, test_idx)), cfg)
 
     def finetune():
         model = build_gpt2(vocab, cfg.size, n_positions=L, positional=cfg.positional, seed=cfg.seed, pad_id=pad)
@@ -531,6 +528,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
                 x, m = _pad([s for s, _ in batch], pad)
                 lab, _ = _pad([l for _, l in batch], 0)
                 loss = _lm_loss(model, x, m, lab)
+                _diverged("GPT-2 fine-tuning on text", loss.item(), ep, cfg.ft_lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -652,8 +650,8 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
     Returns ``em``, ``f1``, ``popqa`` (in %), the generations and the training losses. The
     result is cached on disk by (model, data, config).
     """
-    key = _key("clm", model_name_or_path, gguf_file, [(p, list(a)) for p, a in train_pairs],
-               [(p, list(a)) for p, a in eval_pairs], asdict(cfg))
+    key = ("clm", model_name_or_path, gguf_file, [(p, list(a)) for p, a in train_pairs],
+           [(p, list(a)) for p, a in eval_pairs], cfg)
 
     def run():
         torch.manual_seed(drawn(cfg.seed))
@@ -681,6 +679,7 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
                 x, m = _pad([s for s, _ in batch], tok.pad_token_id)
                 lab, _ = _pad([l for _, l in batch], 0)
                 loss = _lm_loss(model, x, m, lab)
+                _diverged("causal LM fine-tuning", loss.item(), len(losses), cfg.lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -694,7 +693,7 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
 def zero_shot(model_name_or_path: str, pairs: Sequence[tuple[str, Sequence[str]]], max_new_tokens: int = 12,
               gguf_file: str | None = None, use_cache: bool = True) -> dict[str, Any]:
     """``evaluate`` before any fine-tuning (cached)."""
-    key = _key("zs", model_name_or_path, gguf_file, [(p, list(a)) for p, a in pairs], max_new_tokens)
+    key = ("zs", model_name_or_path, gguf_file, [(p, list(a)) for p, a in pairs], max_new_tokens)
 
     def run():
         model, tok = load_causal_lm(model_name_or_path, gguf_file, use_cache)
