@@ -30,7 +30,9 @@ import functools
 import io
 import json
 import math
+import os
 import re
+import tempfile
 import string
 import time
 from dataclasses import asdict, dataclass
@@ -115,6 +117,10 @@ class GPT2Size:
     n_embd: int = 64
 
     def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd"):
+            checks.integer(name, getattr(self, name), lo=1)
+        checks.fits(f"GPT2Size(n_layer={self.n_layer}, n_embd={self.n_embd})", 16 * 12 * self.n_layer * self.n_embd ** 2,
+                    "its weights and optimizer state do not fit; lower n_layer or n_embd")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
 
@@ -186,6 +192,16 @@ class SynthConfig:
     ft_steps: int = 150
     ft_lr: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Steps ints >= 1, rates finite > 0, weight decay finite >= 0, seed a non-negative int."""
+        checks.of_type("size", self.size, GPT2Size)
+        checks.integer("pt_steps", self.pt_steps, lo=1)
+        checks.integer("ft_steps", self.ft_steps, lo=1)
+        checks.positive("pt_lr", self.pt_lr)
+        checks.positive("ft_lr", self.ft_lr)
+        checks.real("pt_wd", self.pt_wd, lo=0)
+        checks.seed("seed", self.seed)
 
 
 def synthetic_sequences(data: KnowledgeData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,7 +322,18 @@ def synthetic_grid(base: DataConfig, cfg: SynthConfig, Ks: Sequence[int], N_fts:
                    Rs: Sequence[int] | None = None, seeds: Sequence[int] = (0,),
                    use_cache: bool = True) -> list[dict[str, float]]:
     """Best and last OOD accuracy of ``train_synthetic`` over K x N_ft (x R) x seeds, one row
-    per run (seed drives both the data draw and the initialisation)."""
+    per run (seed drives both the data draw and the initialisation). ``Ks``, ``N_fts``, ``Rs``:
+    non-empty lists of ints, every cell a valid ``DataConfig`` (checked before any run); ``seeds``
+    distinct non-negative ints."""
+    checks.of_type("base", base, DataConfig)
+    checks.of_type("cfg", cfg, SynthConfig)
+    Ks, N_fts = checks.ints("Ks", Ks, lo=1), checks.ints("N_fts", N_fts, lo=1)
+    Rs = None if Rs is None else checks.ints("Rs", Rs, lo=1)
+    seeds = checks.seeds("seeds", seeds, distinct=True)
+    for R in (Rs or [base.R]):
+        for K in Ks:
+            for n in N_fts:
+                base.with_(R=R, K=K, N_ft=n)
     rows = []
     for R in (Rs or [base.R]):
         for K in Ks:
@@ -366,6 +393,19 @@ class TextConfig:
     eval_every: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Epochs and batches ints >= 1, rates finite > 0, weight decays finite >= 0, ``positional`` a
+        bool, seed a non-negative int."""
+        checks.of_type("size", self.size, GPT2Size)
+        checks.boolean("positional", self.positional)
+        for name in ("pt_epochs", "ft_epochs", "batch", "ft_batch", "eval_every"):
+            checks.integer(name, getattr(self, name), lo=1)
+        for name in ("pt_lr", "ft_lr"):
+            checks.positive(name, getattr(self, name))
+        for name in ("pt_wd", "ft_wd"):
+            checks.real(name, getattr(self, name), lo=0)
+        checks.seed("seed", self.seed)
+
 
 @dataclass
 class TextFacts:
@@ -382,6 +422,7 @@ def director_facts(df, K: int, R: int = len(DIRECTOR_PHRASES), seed: int = 0,
                    template: str = "Question: Who was the director of {subj}? Answer:") -> TextFacts:
     """Pre-training sentences "[movie] [phrase] [director]" with K of the first R phrasings per
     fact, drawn at random (App. K), and the Q&A prompt of every fact."""
+    K, R, seed = checks.integer("K", K, lo=1), checks.integer("R", R, lo=1), checks.seed("seed", seed)
     if not 1 <= K <= R <= len(DIRECTOR_PHRASES):
         raise ValueError(f"need 1 <= K <= R <= {len(DIRECTOR_PHRASES)}, got K={K}, R={R}")
     rng = np.random.default_rng(drawn(seed))
@@ -465,7 +506,11 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
                cfg: TextConfig = TextConfig(), use_cache: bool = True) -> TextResult:
     """Pre-train a GPT-2 from scratch on ``facts.sentences`` (+ [EOS]) with a word-level
     tokenizer, fine-tune on the prompts + answers of ``ft_idx``, and report the exact match
-    of greedy answers on ``test_idx`` (App. J.3, K; Fig. 4)."""
+    of greedy answers on ``test_idx`` (App. J.3, K; Fig. 4). ``ft_idx``, ``test_idx``: non-empty lists
+    of fact indices in ``[0, len(facts.subj))``."""
+    checks.of_type("cfg", cfg, TextConfig)
+    checks.ints("ft_idx", ft_idx, lo=0, hi=len(facts.subj) - 1)
+    checks.ints("test_idx", test_idx, lo=0, hi=len(facts.subj) - 1)
     tok = word_tokenizer(facts.sentences + facts.prompts)
     pad, eos = tok.token_to_id("[PAD]"), tok.token_to_id("[EOS]")
     enc = lambda s: tok.encode(s).ids  # noqa: E731
@@ -640,6 +685,16 @@ class FinetuneConfig:
     max_new_tokens: int = 12
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """``lr`` finite > 0, ``weight_decay`` finite >= 0, ``epochs``, ``batch``, ``max_new_tokens`` ints
+        >= 1, ``lora_r`` an int >= 0 (0: full fine-tuning), seed a non-negative int."""
+        checks.positive("lr", self.lr)
+        checks.real("weight_decay", self.weight_decay, lo=0)
+        for name in ("epochs", "batch", "max_new_tokens"):
+            checks.integer(name, getattr(self, name), lo=1)
+        checks.integer("lora_r", self.lora_r, lo=0)
+        checks.seed("seed", self.seed)
+
 
 def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str, Sequence[str]]],
                        eval_pairs: Sequence[tuple[str, Sequence[str]]], cfg: FinetuneConfig = FinetuneConfig(),
@@ -648,8 +703,12 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
     listed answer is the target) and evaluate on ``eval_pairs`` (Sec. 7.1, App. L).
 
     Returns ``em``, ``f1``, ``popqa`` (in %), the generations and the training losses. The
-    result is cached on disk by (model, data, config).
+    result is cached on disk by (model, data, config). ``train_pairs`` and ``eval_pairs``: non-empty
+    lists of (prompt, non-empty list of answers).
     """
+    checks.of_type("cfg", cfg, FinetuneConfig)
+    _check_pairs("train_pairs", train_pairs)
+    _check_pairs("eval_pairs", eval_pairs)
     key = ("clm", model_name_or_path, gguf_file, [(p, list(a)) for p, a in train_pairs],
            [(p, list(a)) for p, a in eval_pairs], cfg)
 
@@ -690,9 +749,23 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
     return _cached("clm", key, run, use_cache)
 
 
+def _check_pairs(name: str, pairs) -> None:
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"{name} must be a list of (prompt, answers) pairs, not {type(pairs).__name__}")
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError(f"{name} is empty: pass at least one (prompt, answers) pair")
+    for i, pa in enumerate(pairs):
+        if not (isinstance(pa, (tuple, list)) and len(pa) == 2 and isinstance(pa[0], str)
+                and not isinstance(pa[1], str) and len(pa[1]) and all(isinstance(a, str) for a in pa[1])):
+            raise TypeError(f"{name}[{i}] = {pa!r} must be (prompt string, non-empty list of answer strings)")
+
+
 def zero_shot(model_name_or_path: str, pairs: Sequence[tuple[str, Sequence[str]]], max_new_tokens: int = 12,
               gguf_file: str | None = None, use_cache: bool = True) -> dict[str, Any]:
     """``evaluate`` before any fine-tuning (cached)."""
+    _check_pairs("pairs", pairs)
+    checks.integer("max_new_tokens", max_new_tokens, lo=1)
     key = ("zs", model_name_or_path, gguf_file, [(p, list(a)) for p, a in pairs], max_new_tokens)
 
     def run():
@@ -724,13 +797,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    try:                                         # every setting checked before any training
+        checks.integer("--threads", a.threads, lo=1)
+        cfg = SynthConfig(SIZES[a.size], a.pt_steps, a.pt_lr, SynthConfig.pt_wd, a.ft_steps, a.ft_lr)
+        checks.seeds("--seeds", a.seeds, distinct=True)
+        checks.ints("--K", a.K, lo=1)
+        checks.ints("--N-ft", a.N_ft, lo=1)
+        checks.ints("--R", a.R, lo=1)
+        for R in a.R:
+            for K in a.K:
+                for n in a.N_ft:
+                    DataConfig().with_(R=R, K=K, N_ft=n)
+        if a.out.is_dir() or not str(a.out.name):
+            raise ValueError(f"--out {str(a.out)!r} must name a file")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(a.out.parent, os.W_OK):
+            raise ValueError(f"--out {str(a.out)!r}: the folder {a.out.parent} is not writable")
+    except (TypeError, ValueError) as err:
+        ap.error(str(err))
     setup_torch(a.threads)
-    cfg = SynthConfig(SIZES[a.size], a.pt_steps, a.pt_lr, SynthConfig.pt_wd, a.ft_steps, a.ft_lr)
     t0 = time.time()
     rows = synthetic_grid(DataConfig(), cfg, a.K, a.N_ft, a.R, a.seeds)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"size": asdict(cfg.size), "config": asdict(cfg), "rows": rows,
-                                 "seconds": round(time.time() - t0)}, indent=1))
+    text = json.dumps({"size": asdict(cfg.size), "config": asdict(cfg), "rows": rows,
+                       "seconds": round(time.time() - t0)}, indent=1)
+    fd, tmp = tempfile.mkstemp(dir=a.out.parent, prefix=f".{a.out.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, a.out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     print(f"wrote {len(rows)} runs to {a.out}")
 
 
