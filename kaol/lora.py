@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 from . import checks
 from .data import KnowledgeData, Samples
@@ -64,6 +67,8 @@ def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> Pe
     if alpha is not None:
         alpha = checks.positive("alpha", alpha)
     seed = checks.seed("seed", seed)
+    from peft import LoraConfig, get_peft_model    # imported here: checks above need no peft
+
     torch.manual_seed(drawn(seed))                            # peft draws A with torch's global RNG
     cfg = LoraConfig(r=r, lora_alpha=r if alpha is None else alpha, target_modules=["mlp"], lora_dropout=0.0)
     return get_peft_model(head, cfg)

@@ -428,7 +428,6 @@ def test_split_arguments_and_duplicate_subjects() -> None:
 # ---------------------------------------------------------------- LoRA, language models, widgets
 
 def test_bad_lora() -> None:
-    pytest.importorskip("peft")
     from kaol.lora import finetune_lora
     d = make_data(TINY)
     p = init_params(ModelConfig(), d.vocab.size, 1, 0)
@@ -442,6 +441,14 @@ def test_bad_lora() -> None:
             finetune_lora(W, V, d, **{**dict(lam=1.0, r=1, lr=0.1, steps=1), **kw})
     with pytest.raises(ValueError, match=r"V has shape"):
         finetune_lora(W, p["V"], d, 1.0, 1, 0.1, 1)
+
+
+def test_lora_divergence_stops() -> None:
+    pytest.importorskip("peft")
+    from kaol.lora import finetune_lora
+    d = make_data(TINY)
+    p = init_params(ModelConfig(), d.vocab.size, 1, 0)
+    W, V = p["W"][0], p["V"][0]
     with pytest.raises(ValueError, match=r"LoRA fine-tuning.*step \d+.*lower that rate"):
         finetune_lora(W, V, d, 1.0, 1, 1e30, 3, optimizer="sgd")
 
