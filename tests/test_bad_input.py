@@ -188,6 +188,16 @@ def test_unreachable_dask_address_fails_fast() -> None:
     assert time.perf_counter() - t0 < ex.CONNECT_TIMEOUT + 5
 
 
+@pytest.mark.parametrize("address,err,pattern", [
+    ("127.0.0.1:9", ConnectionError, r"Ray cluster at address = '127\.0\.0\.1:9'"),
+    ("ray://127.0.0.1:9", ConnectionError, r"address = 'ray://127\.0\.0\.1:9'"),
+    ("nonsense", ValueError, r"address = 'nonsense' is not a Ray cluster address"),
+])
+def test_ray_addresses_are_probed_first(address: str, err: type, pattern: str) -> None:
+    with pytest.raises(err, match=pattern):
+        ex._reachable(address, "Ray cluster", timeout=2)
+
+
 def test_pool_workers_die_with_their_parent() -> None:
     """A killed parent used to leave its workers computing: the local engine's workers run
     ``_die_with_parent``; here a forked worker outlives its parent by at most a moment."""
