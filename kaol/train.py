@@ -164,8 +164,7 @@ NORM_LIMIT = 1e6
 def _check_norm(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor], t: int, what: str,
                 rate: float) -> None:
     """Stop on non-finite or exploding parameters, naming the step, the rate and a lower rate to try."""
-    for k, p in params.items():
-        size = p.detach().abs().reshape(p.shape[0], -1).amax(1).double()
+    for k, size in _sizes(params).items():
         bad = [b for b in range(len(size)) if not float(size[b]) <= NORM_LIMIT * (1 + float(start[k][b]))]
         if bad:
             raise ValueError(f"{what}: parameter {k} reached max |{k}| = {float(size[bad[0]]):.4g} at step {t} "
