@@ -2,7 +2,7 @@
 
 Modules, one idea each: ``data`` (Sec. 3), ``model`` (Sec. 2 and Table 3), ``fast`` (exact
 sparse gradients, Lemma 1), ``train`` (Sec. 4, App. H), ``metrics``, ``mechanism`` (coverage),
-``dense`` (the dense reference), ``cache``, ``sweep`` and ``experiments`` (Sec. 7 grids),
+``dense`` (the dense reference), ``checks`` (input checks), ``cache``, ``sweep`` and ``experiments`` (Sec. 7 grids),
 ``lora`` (peft), ``lm`` and ``popqa`` (GPT-2, causal LMs, PopQA), ``plots``, ``widgets``, ``claims``.
 """
 from .data import DataConfig, KnowledgeData, Vocab, entropy, make_data

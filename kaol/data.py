@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from . import checks
 from .seeds import drawn
 
 # Sample kinds, used for the per-type losses of Sec. 4.
@@ -60,21 +61,29 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("N_f", "R", "K"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} = {getattr(self, name)} must be positive")
-        if self.N_r < 0 or self.N_ft < 0:
-            raise ValueError(f"N_r = {self.N_r} and N_ft = {self.N_ft} must be >= 0")
+        """Sizes are ints (not floats or bools): ``N_f, R, K >= 1``, ``N_r, N_ft >= 0``, ``K <= R``,
+        ``N_ft <= N_f``; ``rho_c`` and ``rare_weight`` finite and > 0; ``context`` a bool; ``seed`` a
+        non-negative int. A configuration too large for this machine's memory is refused here."""
+        for name, lo in (("N_f", 1), ("N_r", 0), ("R", 1), ("K", 1), ("N_ft", 0)):
+            object.__setattr__(self, name, checks.integer(name, getattr(self, name), lo=lo))
+        object.__setattr__(self, "seed", checks.seed("seed", self.seed))
+        object.__setattr__(self, "context", checks.boolean("context", self.context))
+        object.__setattr__(self, "rho_c", checks.positive("rho_c", self.rho_c))
+        if self.rare_weight is not None:
+            object.__setattr__(self, "rare_weight", checks.positive("rare_weight (or None for K)",
+                                                                    self.rare_weight))
         if self.K > self.R:
             raise ValueError(f"K = {self.K} phrasings per frequent fact need K <= R = {self.R} "
                              f"distinct relation phrases: lower K or raise R")
         if self.N_ft > self.N_f:
             raise ValueError(f"N_ft = {self.N_ft} fine-tuning facts are drawn from the N_f = "
                              f"{self.N_f} frequent facts: lower N_ft or raise N_f")
-        if self.rho_c <= 0:
-            raise ValueError(f"rho_c = {self.rho_c} must be positive")
-        if self.rare_weight is not None and self.rare_weight <= 0:
-            raise ValueError(f"rare_weight = {self.rare_weight} must be positive (or None for K)")
+        rows = self.N_f * (self.K + 1) + 2 * self.N_r
+        T = 2 * (self.N_f + self.N_r) + self.R + 2
+        checks.fits(f"DataConfig(N_f={self.N_f}, N_r={self.N_r}, K={self.K}, R={self.R})",
+                    max(rows * 1000, 4 * T * T),
+                    f"its {rows} samples (about 1 kB each while built) and a model on its vocabulary of {T} "
+                    f"tokens (at least one T x T matrix) do not fit; lower N_f, N_r or K")
 
     @property
     def N(self) -> int:

@@ -25,7 +25,11 @@ import json
 import math
 import os
 import platform
+import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import checks
 from .cache import memo
 from .data import DataConfig, entropy, make_data
 from .model import ModelConfig
@@ -70,6 +75,22 @@ class Arch:
     schedule: Schedule | None = None
     eta_context: float | None = None
 
+    def __post_init__(self) -> None:
+        checks.choice("arch", self.arch, ("standard", "uniform_mlp", "attention_only", "simplified"))
+        checks.real("eta", self.eta, lo=0)
+        checks.integer("steps", self.steps, lo=0)
+        checks.real("ft_eta", self.ft_eta, lo=0)
+        checks.integer("ft_steps", self.ft_steps, lo=0)
+        if self.schedule is not None:
+            checks.of_type("schedule", self.schedule, Schedule)
+        elif not (self.eta > 0 and self.steps >= 1):
+            raise ValueError(f"Arch {self.arch!r} without a schedule needs eta > 0 and steps >= 1, got eta={self.eta}, "
+                             f"steps={self.steps}")
+        if self.ft_steps and not self.ft_eta > 0:
+            raise ValueError(f"ft_eta = {self.ft_eta} must be > 0 when ft_steps = {self.ft_steps} > 0")
+        if self.eta_context is not None:
+            checks.positive("eta_context", self.eta_context)
+
     def on(self, context: bool) -> "Arch":
         """The settings used on the data with (``True``) or without the context token."""
         return replace(self, eta=self.eta_context, eta_context=None) if context and self.eta_context else self
@@ -97,9 +118,28 @@ class Scale:
     table3_seeds: tuple[int, ...] = (0,)
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self) -> None:
+        """Every list non-empty, of ints; every grid cell a valid ``DataConfig`` (``K <= R``,
+        ``1 <= N_ft <= N_f``); seeds distinct non-negative ints. Checked here, before any run."""
+        checks.of_type("base", self.base, DataConfig)
+        checks.of_type("table3_data", self.table3_data, DataConfig)
+        checks.of_type("schedule", self.schedule, Schedule)
+        checks.of_type("ft", self.ft, FTConfig)
+        checks.of_type("model", self.model, ModelConfig)
+        for name in ("K", "N_ft", "R", "K_of_R"):
+            object.__setattr__(self, name, tuple(checks.ints(name, getattr(self, name), lo=1)))
+        for name in ("seeds", "table3_seeds"):
+            object.__setattr__(self, name, tuple(checks.seeds(name, getattr(self, name), distinct=True)))
+        for k, n in product(self.K, self.N_ft):
+            self.base.with_(K=k, N_ft=n)
+        for k, r, n in product(self.K_of_R, self.R, self.N_ft):
+            self.base.with_(K=k, R=r, N_ft=n)
+        for a in self.archs:
+            checks.of_type("archs[...]", a, Arch)
+
     def with_seeds(self, n: int | None) -> "Scale":
-        """The same scale with seeds ``0 .. n-1`` (``None`` keeps them)."""
-        return self if n is None else replace(self, seeds=tuple(range(n)))
+        """The same scale with seeds ``0 .. n-1`` (``None`` keeps them; ``n`` an int >= 1)."""
+        return self if n is None else replace(self, seeds=tuple(range(checks.integer("seeds", n, lo=1))))
 
 
 def _archs(steps: int, std_steps: int, ft_steps: int) -> tuple[Arch, ...]:
@@ -147,8 +187,7 @@ class Group:
 def run_group(g: Group) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
     """``kaol.sweep.grid`` on one group, single-threaded (bit-identical wherever it runs)."""
     torch.set_num_threads(1)
-    ns = [n for n in g.N_ft if n < g.base.N_f]
-    return grid(g.base, K=[g.K], N_ft=ns, R=[g.R], seeds=list(g.seeds), model=g.model,
+    return grid(g.base, K=[g.K], N_ft=list(g.N_ft), R=[g.R], seeds=list(g.seeds), model=g.model,
                 schedule=g.schedule, ft=g.ft)
 
 
@@ -162,6 +201,15 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
     connected to, else on ``ray.init(address)``, shut down at the end. Each item's end is reported
     through ``log`` (default: stderr).
     """
+    checks.choice("engine", engine, ENGINES)
+    if workers is not None:
+        workers = checks.integer("workers", workers, lo=1)
+    if address is not None:
+        checks.of_type("address", address, str)
+        if engine == "local":
+            raise ValueError(f"address = {address!r} is ignored by engine = 'local': pass engine='dask' or 'ray', "
+                             f"or drop the address")
+    items = list(items)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     start, out, finished = time.perf_counter(), [None] * len(items), []
 
@@ -170,22 +218,23 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
         finished.append(i)
         log(f"[{len(finished)}/{len(items)}] {items[i]} done after {time.perf_counter() - start:.0f} s")
 
-    if engine not in ENGINES:
-        raise ValueError(f"engine = {engine!r} is not one of {ENGINES}")
     if engine == "local" and (workers == 1 or len(items) <= 1):
         for i, x in enumerate(items):
             done(i, fn(x))
     elif engine == "local":
         import multiprocessing
         n = min(workers or os.cpu_count() or 1, len(items))
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
             futures = {ex.submit(fn, x): i for i, x in enumerate(items)}
             for f in as_completed(futures):
                 done(futures[f], f.result())
     elif engine == "dask":
         from dask.distributed import Client
         from dask.distributed import as_completed as dask_completed
-        with Client(address) as client:
+        if address is not None:
+            _reachable(address, "Dask scheduler")
+        with Client(address, timeout=CONNECT_TIMEOUT) as client:
             futures = client.map(fn, items, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             for f in dask_completed(futures):
@@ -194,6 +243,8 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
         import ray
         owned = not ray.is_initialized()
         if owned:
+            if address not in (None, "auto", "local"):
+                _reachable(address, "Ray cluster")
             ray.init(address=address)
         try:
             remote = ray.remote(fn)
@@ -208,12 +259,62 @@ def run_all(fn: Callable, items: list, engine: str = "local", address: str | Non
     return out
 
 
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a Dask scheduler or a Ray cluster before giving up with its address."""
+
+
+def _reachable(address: str, what: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast, naming ``address``, when nothing listens there (instead of minutes of retries)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else "tcp://" + address)
+    if parts.scheme not in ("tcp", "tls", "ray", "http", "https", "ws", "wss"):
+        return                                   # in-process or other transports: the client's own timeout
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ValueError(f"address = {address!r} is not a {what} address of the form [scheme://]host:port")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"cannot reach the {what} at address = {address!r} within {timeout} s ({err}): "
+                              f"start it, or check the address") from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: stop this worker when the process that started it dies (Linux:
+    ``PR_SET_PDEATHSIG``; everywhere: a thread that watches ``os.getppid()``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="kaol-parent-watch").start()
+
+
 def sweep(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False, **engine
           ) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
     """The ``N~_f x seeds`` grid of ``scale`` at every ``(K, R)`` of ``pairs``, one parallel task each."""
     ft = replace(scale.ft, rank1=rank1)
-    groups = [Group(scale.base, k, r, scale.N_ft, scale.seeds, scale.model, scale.schedule, ft)
-              for k, r in dict.fromkeys(pairs) if k <= r]
+    pairs = list(dict.fromkeys(pairs))
+    if not pairs:
+        raise ValueError("pairs = []: pass at least one (K, R)")
+    for k, r in pairs:
+        for n in scale.N_ft:
+            scale.base.with_(K=k, R=r, N_ft=n)   # K <= R and N_ft <= N_f, said before any run
+    groups = [Group(scale.base, k, r, scale.N_ft, scale.seeds, scale.model, scale.schedule, ft) for k, r in pairs]
     results = run_all(run_group, groups, **engine)
     curves = {key: h for _, c in results for key, h in c.items()}
     return pd.concat([df for df, _ in results], ignore_index=True), curves
@@ -310,8 +411,14 @@ class ArchTask:
         return f"{self.arch.arch} {'with context' if self.data.context else 'three-token'} seed {self.seed}"
 
 
+def _check_task(task: ArchTask) -> None:
+    checks.of_type("task", task, ArchTask)
+    checks.seed("seed", task.seed)
+
+
 def run_arch(task: ArchTask) -> dict[str, object]:
     """Pre-train one architecture (App. A), then fine-tune it and read the OOD accuracy (cached)."""
+    _check_task(task)
     torch.set_num_threads(1)
     return memo("table3", (task,), lambda: _run_arch(task))
 
@@ -512,22 +619,68 @@ def _jsonable(x: object) -> object:
     return x
 
 
+def out_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(OUT.csv, OUT.json)`` for the output path ``out`` given without suffix (``name_v1.5`` gives
+    ``name_v1.5.csv``; a trailing ``.csv`` or ``.json`` is dropped), its folder created and checked
+    writable, so a bad path is said before any computation."""
+    raw = str(out)
+    if not raw.strip() or raw.endswith(("/", os.sep)):
+        raise ValueError(f"out = {raw!r} must name a file (without suffix), e.g. results/fig2a_book")
+    out = Path(raw).expanduser()
+    if out.suffix in (".csv", ".json"):
+        out = out.with_suffix("")
+    csv, meta = out.parent / (out.name + ".csv"), out.parent / (out.name + ".json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out = {raw!r}: cannot create the folder {out.parent} ({err})") from None
+    for p in (csv, meta):
+        if p.is_dir():
+            raise ValueError(f"out = {raw!r}: {p} is a folder")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"out = {raw!r}: the folder {out.parent} is not writable")
+    return csv, meta
+
+
+def _atomic_pair(files: list[tuple[Path, bytes]]) -> None:
+    """Write every file to a temporary file beside it, then rename them all (no half-written file)."""
+    tmps = []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for (path, _), tmp in zip(files, tmps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
 def save(df: pd.DataFrame, out: str | Path, figure: str, scale_name: str, scale: Scale,
          seconds: float, engine: str) -> tuple[Path, Path]:
-    """Write ``out.csv`` (tidy, one row per run) and ``out.json`` (configuration, versions)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    csv, meta = out.with_suffix(".csv"), out.with_suffix(".json")
-    df.drop(columns=[c for c in ("loss_curve", "curve_steps") if c in df]).to_csv(csv, index=False)
+    """Write ``out.csv`` (tidy, one row per run) and ``out.json`` (configuration, versions, the CSV's
+    SHA-256), both through temporary files renamed at the end, so a killed run leaves the old pair."""
+    import hashlib
+
+    csv, meta = out_paths(out)
+    text = df.drop(columns=[c for c in ("loss_curve", "curve_steps") if c in df]).to_csv(index=False).encode()
     info = {"figure": figure, "scale": scale_name, "config": _jsonable(asdict(scale)), "rows": len(df),
             "seconds": round(seconds, 1), "engine": engine, "versions": versions(),
+            "csv": csv.name, "csv_sha256": hashlib.sha256(text).hexdigest(),
             "command": "python -m kaol.experiments " + " ".join(sys.argv[1:])}
-    meta.write_text(json.dumps(info, indent=1, default=str))
+    _atomic_pair([(csv, text), (meta, json.dumps(info, indent=1, default=str).encode())])
     return csv, meta
 
 
 def compute(figure: str, scale: Scale, **engine) -> pd.DataFrame:
     """The table of one figure (for ``bound``: both grids, with the bound and the errors)."""
+    checks.choice("figure", figure, FIGURES)
+    checks.of_type("scale", scale, Scale)
     if figure == "fig2a":
         return fig2a(scale, **engine)[0]
     if figure == "fig2b":
@@ -551,6 +704,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Dask scheduler or Ray cluster address")
     p.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
     a = p.parse_args(argv)
+    if a.seeds is not None and a.seeds < 1:
+        p.error(f"--seeds {a.seeds}: the number of seeds must be an int >= 1")
+    if a.workers is not None and a.workers < 1:
+        p.error(f"--workers {a.workers}: the number of local processes must be an int >= 1")
+    if a.address is not None and a.engine == "local":
+        p.error(f"--address {a.address!r} is ignored by --engine local: use --engine dask or ray")
+    try:
+        out_paths(a.out or f"results/{a.figure}_{a.scale}")
+    except ValueError as err:
+        p.error(f"--out: {err}")
     scale = SCALES[a.scale].with_seeds(a.seeds)
     if a.seeds is not None and a.figure == "table3":
         scale = replace(scale, table3_seeds=tuple(range(a.seeds)))

@@ -62,6 +62,7 @@ class Batch:
         ``rho`` holds the embedding norms, shared or one tensor per run."""
         runs = samples if isinstance(samples, list) else [samples] * (B or 1)
         rhos = rho if isinstance(rho, list) else [rho] * len(runs)
+        _check_inputs(runs, rhos, T)
         B, n, L = len(runs), max(len(s) for s in runs), max(s.tokens.shape[1] for s in runs)
         k = max(s.y_idx.shape[1] for s in runs)
         tokens = torch.zeros(B, n, L, dtype=torch.long)
@@ -87,6 +88,30 @@ class Batch:
         slot[rows] = torch.arange(len(rows))
         return Batch(tokens, mask, r, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact, T,
                      w_idx, rows, slot)
+
+
+def _check_inputs(runs: list[Samples], rhos: list[torch.Tensor], T: int) -> None:
+    """The compiled loop reads ``V`` at token and target ids without bounds checks: check them once
+    here (ids in ``[0, T)``, finite positive norms), so a bad input is an error, not a crash."""
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise TypeError(f"T = {T!r} must be an int >= 1 (the vocabulary size)")
+    if not runs:
+        raise ValueError("samples = []: pass at least one Samples")
+    if len(rhos) != len(runs):
+        raise ValueError(f"rho holds {len(rhos)} tensors for {len(runs)} runs: pass one per run (or one shared)")
+    for b, (s, r) in enumerate(zip(runs, rhos)):
+        if tuple(r.shape) != (T,):
+            raise ValueError(f"rho[{b}] has shape {tuple(r.shape)}, not ({T},): one norm per token")
+        if not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):
+            raise ValueError(f"rho[{b}] must hold finite norms > 0, got min {float(r.min()):g}, max {float(r.max()):g}")
+        if len(s) == 0:
+            continue
+        for name, ids in (("token ids", s.tokens[s.mask]), ("target ids", s.y_idx)):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= T):
+                raise ValueError(f"run {b}: {name} must lie in [0, {T}), got [{int(ids.min())}, {int(ids.max())}]")
+        if not bool(torch.isfinite(s.y_prob).all()) or not bool(torch.isfinite(s.weight).all()) \
+                or float(s.weight.sum()) <= 0:
+            raise ValueError(f"run {b}: target probabilities and weights must be finite, with a positive total weight")
 
 
 @dataclass

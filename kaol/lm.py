@@ -27,11 +27,12 @@ import argparse
 import collections
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import math
+import os
 import re
+import tempfile
 import string
 import time
 from dataclasses import asdict, dataclass
@@ -44,9 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataConfig, KnowledgeData, make_data
-from .seeds import drawn, offset
+from . import checks
+from .cache import memo
+from .seeds import drawn
 
-CACHE = Path(__file__).resolve().parents[1] / ".kaol_cache" / "lm"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +117,10 @@ class GPT2Size:
     n_embd: int = 64
 
     def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd"):
+            checks.integer(name, getattr(self, name), lo=1)
+        checks.fits(f"GPT2Size(n_layer={self.n_layer}, n_embd={self.n_embd})", 16 * 12 * self.n_layer * self.n_embd ** 2,
+                    "its weights and optimizer state do not fit; lower n_layer or n_embd")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
 
@@ -155,24 +161,18 @@ def _adamw(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _key(*parts: Any) -> str:
-    parts = (*parts, offset())                 # results of another KAOL_SEED_OFFSET never match
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _cached(name: str, parts: tuple, fn, use_cache: bool):
+    """``fn()`` stored in the one cache of the package (``kaol.cache``: folder ``$KAOL_CACHE``, key
+    over ``parts``, the package source, the library versions and ``$KAOL_SEED_OFFSET``). The
+    computation is deterministic, so the result is the same with or without the cache."""
+    return memo(name, parts, fn, enabled=use_cache)
 
 
-def _cached(name: str, key: str, fn, use_cache: bool):
-    """``fn()`` with its result stored at ``.kaol_cache/lm/{name}-{key}.pt``. The computation
-    is deterministic, so the result is the same with or without the cache."""
-    path = CACHE / f"{name}-{key}.pt"
-    if use_cache and path.exists():
-        return torch.load(path, weights_only=False)
-    out = fn()
-    if use_cache:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(out, tmp)
-        tmp.replace(path)
-    return out
+def _diverged(what: str, loss: float, step: int, lr: float) -> None:
+    """Stop a language-model run whose loss is not finite (nothing diverged is cached)."""
+    if not math.isfinite(loss):
+        raise ValueError(f"{what} loss became {loss} at step {step} with learning rate {lr:g}: the run "
+                         f"diverged, lower that rate (e.g. to {lr / 10:g})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +192,16 @@ class SynthConfig:
     ft_steps: int = 150
     ft_lr: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Steps ints >= 1, rates finite > 0, weight decay finite >= 0, seed a non-negative int."""
+        checks.of_type("size", self.size, GPT2Size)
+        checks.integer("pt_steps", self.pt_steps, lo=1)
+        checks.integer("ft_steps", self.ft_steps, lo=1)
+        checks.positive("pt_lr", self.pt_lr)
+        checks.positive("ft_lr", self.ft_lr)
+        checks.real("pt_wd", self.pt_wd, lo=0)
+        checks.seed("seed", self.seed)
 
 
 def synthetic_sequences(data: KnowledgeData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +259,7 @@ def pretrain_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
     pre-training data do not depend on ``N_ft``, so runs differing only in ``N_ft`` share it.
     """
     d = data.cfg
-    key = _key("pt", asdict(d.with_(N_ft=0)), asdict(cfg.size), cfg.pt_steps, cfg.pt_lr, cfg.pt_wd, cfg.seed)
+    key = ("pt", d.with_(N_ft=0), cfg.size, cfg.pt_steps, cfg.pt_lr, cfg.pt_wd, cfg.seed)
 
     def run():
         seqs, w = synthetic_sequences(data)
@@ -259,6 +269,7 @@ def pretrain_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
         losses = []
         for _ in range(cfg.pt_steps):
             loss = synthetic_pt_loss(model, seqs, w)
+            _diverged("GPT-2 pre-training", loss.item(), len(losses), cfg.pt_lr)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -276,7 +287,7 @@ def train_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
     """Pre-train (or load) and fine-tune on ``(s_i, q) -> a_i`` of the ``N_ft`` facts with Adam,
     all parameters but the frozen ``wpe``; OOD accuracy at every step (Fig. 2c/2d)."""
     state, pt_loss, pt_acc = pretrain_synthetic(data, cfg, use_cache)
-    key = _key("ft", asdict(data.cfg), asdict(cfg))
+    key = ("ft", data.cfg, cfg)
 
     def run():
         model = build_gpt2(data.vocab.size + 1, cfg.size, n_positions=8, seed=cfg.seed,
@@ -294,6 +305,7 @@ def train_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
             af.append(float(hit[:nf].mean()) if nf else float("nan"))
             ar.append(float(hit[nf:].mean()) if len(hit) > nf else float("nan"))
             loss = F.cross_entropy(model(x).logits[:, -1], y)
+            _diverged("GPT-2 fine-tuning", loss.item(), t, cfg.ft_lr)
             losses.append(loss.item())
             if t == cfg.ft_steps:
                 break
@@ -310,7 +322,18 @@ def synthetic_grid(base: DataConfig, cfg: SynthConfig, Ks: Sequence[int], N_fts:
                    Rs: Sequence[int] | None = None, seeds: Sequence[int] = (0,),
                    use_cache: bool = True) -> list[dict[str, float]]:
     """Best and last OOD accuracy of ``train_synthetic`` over K x N_ft (x R) x seeds, one row
-    per run (seed drives both the data draw and the initialisation)."""
+    per run (seed drives both the data draw and the initialisation). ``Ks``, ``N_fts``, ``Rs``:
+    non-empty lists of ints, every cell a valid ``DataConfig`` (checked before any run); ``seeds``
+    distinct non-negative ints."""
+    checks.of_type("base", base, DataConfig)
+    checks.of_type("cfg", cfg, SynthConfig)
+    Ks, N_fts = checks.ints("Ks", Ks, lo=1), checks.ints("N_fts", N_fts, lo=1)
+    Rs = None if Rs is None else checks.ints("Rs", Rs, lo=1)
+    seeds = checks.seeds("seeds", seeds, distinct=True)
+    for R in (Rs or [base.R]):
+        for K in Ks:
+            for n in N_fts:
+                base.with_(R=R, K=K, N_ft=n)
     rows = []
     for R in (Rs or [base.R]):
         for K in Ks:
@@ -370,6 +393,19 @@ class TextConfig:
     eval_every: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Epochs and batches ints >= 1, rates finite > 0, weight decays finite >= 0, ``positional`` a
+        bool, seed a non-negative int."""
+        checks.of_type("size", self.size, GPT2Size)
+        checks.boolean("positional", self.positional)
+        for name in ("pt_epochs", "ft_epochs", "batch", "ft_batch", "eval_every"):
+            checks.integer(name, getattr(self, name), lo=1)
+        for name in ("pt_lr", "ft_lr"):
+            checks.positive(name, getattr(self, name))
+        for name in ("pt_wd", "ft_wd"):
+            checks.real(name, getattr(self, name), lo=0)
+        checks.seed("seed", self.seed)
+
 
 @dataclass
 class TextFacts:
@@ -386,6 +422,7 @@ def director_facts(df, K: int, R: int = len(DIRECTOR_PHRASES), seed: int = 0,
                    template: str = "Question: Who was the director of {subj}? Answer:") -> TextFacts:
     """Pre-training sentences "[movie] [phrase] [director]" with K of the first R phrasings per
     fact, drawn at random (App. K), and the Q&A prompt of every fact."""
+    K, R, seed = checks.integer("K", K, lo=1), checks.integer("R", R, lo=1), checks.seed("seed", seed)
     if not 1 <= K <= R <= len(DIRECTOR_PHRASES):
         raise ValueError(f"need 1 <= K <= R <= {len(DIRECTOR_PHRASES)}, got K={K}, R={R}")
     rng = np.random.default_rng(drawn(seed))
@@ -469,15 +506,19 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
                cfg: TextConfig = TextConfig(), use_cache: bool = True) -> TextResult:
     """Pre-train a GPT-2 from scratch on ``facts.sentences`` (+ [EOS]) with a word-level
     tokenizer, fine-tune on the prompts + answers of ``ft_idx``, and report the exact match
-    of greedy answers on ``test_idx`` (App. J.3, K; Fig. 4)."""
+    of greedy answers on ``test_idx`` (App. J.3, K; Fig. 4). ``ft_idx``, ``test_idx``: non-empty lists
+    of fact indices in ``[0, len(facts.subj))``."""
+    checks.of_type("cfg", cfg, TextConfig)
+    checks.ints("ft_idx", ft_idx, lo=0, hi=len(facts.subj) - 1)
+    checks.ints("test_idx", test_idx, lo=0, hi=len(facts.subj) - 1)
     tok = word_tokenizer(facts.sentences + facts.prompts)
     pad, eos = tok.token_to_id("[PAD]"), tok.token_to_id("[EOS]")
     enc = lambda s: tok.encode(s).ids  # noqa: E731
     sents = [enc(s) + [eos] for s in facts.sentences]
     L = max(len(s) for s in sents) + max(len(enc(p)) + len(enc(o)) for p, o in zip(facts.prompts, facts.obj)) + 2
     vocab = tok.get_vocab_size()
-    pt_key = _key("text-pt", facts.sentences, facts.prompts, asdict(cfg.size), cfg.positional, cfg.pt_epochs,
-                  cfg.pt_lr, cfg.pt_wd, cfg.batch, cfg.seed)
+    pt_key = ("text-pt", tuple(facts.sentences), tuple(facts.prompts), cfg.size, cfg.positional, cfg.pt_epochs,
+              cfg.pt_lr, cfg.pt_wd, cfg.batch, cfg.seed)
 
     def pretrain():
         torch.manual_seed(drawn(cfg.seed))
@@ -492,6 +533,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
             for b in range(0, len(sents), cfg.batch):
                 x, m = _pad([sents[i] for i in perm[b:b + cfg.batch]], pad)
                 loss = _lm_loss(model, x, m, m)
+                _diverged("GPT-2 pre-training on text", loss.item(), len(losses), cfg.pt_lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -501,7 +543,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
         return {k: t.clone() for k, t in model.state_dict().items()}, np.array(losses)
 
     state, pt_loss = _cached("text-pt", pt_key, pretrain, use_cache)
-    key = _key("text-ft", pt_key, list(map(int, ft_idx)), list(map(int, test_idx)), asdict(cfg))
+    key = ("text-ft", pt_key, tuple(map(int, ft_idx)), tuple(map(int, test_idx)), cfg)
 
     def finetune():
         model = build_gpt2(vocab, cfg.size, n_positions=L, positional=cfg.positional, seed=cfg.seed, pad_id=pad)
@@ -531,6 +573,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
                 x, m = _pad([s for s, _ in batch], pad)
                 lab, _ = _pad([l for _, l in batch], 0)
                 loss = _lm_loss(model, x, m, lab)
+                _diverged("GPT-2 fine-tuning on text", loss.item(), ep, cfg.ft_lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -642,6 +685,16 @@ class FinetuneConfig:
     max_new_tokens: int = 12
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """``lr`` finite > 0, ``weight_decay`` finite >= 0, ``epochs``, ``batch``, ``max_new_tokens`` ints
+        >= 1, ``lora_r`` an int >= 0 (0: full fine-tuning), seed a non-negative int."""
+        checks.positive("lr", self.lr)
+        checks.real("weight_decay", self.weight_decay, lo=0)
+        for name in ("epochs", "batch", "max_new_tokens"):
+            checks.integer(name, getattr(self, name), lo=1)
+        checks.integer("lora_r", self.lora_r, lo=0)
+        checks.seed("seed", self.seed)
+
 
 def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str, Sequence[str]]],
                        eval_pairs: Sequence[tuple[str, Sequence[str]]], cfg: FinetuneConfig = FinetuneConfig(),
@@ -650,10 +703,14 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
     listed answer is the target) and evaluate on ``eval_pairs`` (Sec. 7.1, App. L).
 
     Returns ``em``, ``f1``, ``popqa`` (in %), the generations and the training losses. The
-    result is cached on disk by (model, data, config).
+    result is cached on disk by (model, data, config). ``train_pairs`` and ``eval_pairs``: non-empty
+    lists of (prompt, non-empty list of answers).
     """
-    key = _key("clm", model_name_or_path, gguf_file, [(p, list(a)) for p, a in train_pairs],
-               [(p, list(a)) for p, a in eval_pairs], asdict(cfg))
+    checks.of_type("cfg", cfg, FinetuneConfig)
+    _check_pairs("train_pairs", train_pairs)
+    _check_pairs("eval_pairs", eval_pairs)
+    key = ("clm", model_name_or_path, gguf_file, [(p, list(a)) for p, a in train_pairs],
+           [(p, list(a)) for p, a in eval_pairs], cfg)
 
     def run():
         torch.manual_seed(drawn(cfg.seed))
@@ -681,6 +738,7 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
                 x, m = _pad([s for s, _ in batch], tok.pad_token_id)
                 lab, _ = _pad([l for _, l in batch], 0)
                 loss = _lm_loss(model, x, m, lab)
+                _diverged("causal LM fine-tuning", loss.item(), len(losses), cfg.lr)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -691,10 +749,24 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
     return _cached("clm", key, run, use_cache)
 
 
+def _check_pairs(name: str, pairs) -> None:
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"{name} must be a list of (prompt, answers) pairs, not {type(pairs).__name__}")
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError(f"{name} is empty: pass at least one (prompt, answers) pair")
+    for i, pa in enumerate(pairs):
+        if not (isinstance(pa, (tuple, list)) and len(pa) == 2 and isinstance(pa[0], str)
+                and not isinstance(pa[1], str) and len(pa[1]) and all(isinstance(a, str) for a in pa[1])):
+            raise TypeError(f"{name}[{i}] = {pa!r} must be (prompt string, non-empty list of answer strings)")
+
+
 def zero_shot(model_name_or_path: str, pairs: Sequence[tuple[str, Sequence[str]]], max_new_tokens: int = 12,
               gguf_file: str | None = None, use_cache: bool = True) -> dict[str, Any]:
     """``evaluate`` before any fine-tuning (cached)."""
-    key = _key("zs", model_name_or_path, gguf_file, [(p, list(a)) for p, a in pairs], max_new_tokens)
+    _check_pairs("pairs", pairs)
+    checks.integer("max_new_tokens", max_new_tokens, lo=1)
+    key = ("zs", model_name_or_path, gguf_file, [(p, list(a)) for p, a in pairs], max_new_tokens)
 
     def run():
         model, tok = load_causal_lm(model_name_or_path, gguf_file, use_cache)
@@ -725,13 +797,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    try:                                         # every setting checked before any training
+        checks.integer("--threads", a.threads, lo=1)
+        cfg = SynthConfig(SIZES[a.size], a.pt_steps, a.pt_lr, SynthConfig.pt_wd, a.ft_steps, a.ft_lr)
+        checks.seeds("--seeds", a.seeds, distinct=True)
+        checks.ints("--K", a.K, lo=1)
+        checks.ints("--N-ft", a.N_ft, lo=1)
+        checks.ints("--R", a.R, lo=1)
+        for R in a.R:
+            for K in a.K:
+                for n in a.N_ft:
+                    DataConfig().with_(R=R, K=K, N_ft=n)
+        if a.out.is_dir() or not str(a.out.name):
+            raise ValueError(f"--out {str(a.out)!r} must name a file")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(a.out.parent, os.W_OK):
+            raise ValueError(f"--out {str(a.out)!r}: the folder {a.out.parent} is not writable")
+    except (TypeError, ValueError) as err:
+        ap.error(str(err))
     setup_torch(a.threads)
-    cfg = SynthConfig(SIZES[a.size], a.pt_steps, a.pt_lr, SynthConfig.pt_wd, a.ft_steps, a.ft_lr)
     t0 = time.time()
     rows = synthetic_grid(DataConfig(), cfg, a.K, a.N_ft, a.R, a.seeds)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"size": asdict(cfg.size), "config": asdict(cfg), "rows": rows,
-                                 "seconds": round(time.time() - t0)}, indent=1))
+    text = json.dumps({"size": asdict(cfg.size), "config": asdict(cfg), "rows": rows,
+                       "seconds": round(time.time() - t0)}, indent=1)
+    fd, tmp = tempfile.mkstemp(dir=a.out.parent, prefix=f".{a.out.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, a.out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     print(f"wrote {len(rows)} runs to {a.out}")
 
 

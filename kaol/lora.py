@@ -12,13 +12,18 @@ weight (``B`` initialised to zero, so training starts at the pre-trained model).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+from . import checks
 from .data import KnowledgeData, Samples
 from .fast import Batch, attention
 from .seeds import drawn
@@ -55,7 +60,15 @@ def attention_output(W: torch.Tensor, samples: Samples, rho: torch.Tensor) -> to
 
 
 def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> PeftModel:
-    """A rank-``r`` LoRA adapter on ``head.mlp`` (scale ``alpha / r``; ``alpha = r`` gives 1)."""
+    """A rank-``r`` LoRA adapter on ``head.mlp`` (scale ``alpha / r``; ``alpha = r`` gives 1).
+    ``r``: an int in ``[1, T]``; ``alpha``: ``None`` or a finite number > 0; ``seed`` a non-negative int."""
+    checks.of_type("head", head, MLPHead)
+    r = checks.integer("r", r, lo=1, hi=head.T)
+    if alpha is not None:
+        alpha = checks.positive("alpha", alpha)
+    seed = checks.seed("seed", seed)
+    from peft import LoraConfig, get_peft_model    # imported here: checks above need no peft
+
     torch.manual_seed(drawn(seed))                            # peft draws A with torch's global RNG
     cfg = LoraConfig(r=r, lora_alpha=r if alpha is None else alpha, target_modules=["mlp"], lora_dropout=0.0)
     return get_peft_model(head, cfg)
@@ -66,6 +79,10 @@ def merged_V(model: PeftModel) -> torch.Tensor:
     layer = model.base_model.model.mlp
     delta = layer.get_delta_weight("default")
     return to_V(layer.base_layer.weight + delta, model.base_model.model.m)
+
+
+LIMIT = 1e6
+"""An adapter weight above this has exploded (the pre-trained ``V`` is of order 1)."""
 
 
 @dataclass
@@ -80,7 +97,29 @@ class LoRAHistory:
 def finetune_lora(W: torch.Tensor, V: torch.Tensor, data: KnowledgeData, lam: float, r: int, lr: float,
                   steps: int, optimizer: str = "sgd", seed: int = 0) -> tuple[PeftModel, LoRAHistory]:
     """Train a rank-``r`` adapter on one run's ``V`` with full-batch ``sgd`` (plain gradient
-    descent) or ``adam`` on the mean Q&A cross-entropy, ``W`` fixed (as in Sec. 4)."""
+    descent) or ``adam`` on the mean Q&A cross-entropy, ``W`` fixed (as in Sec. 4).
+
+    ``W`` (T, T) and ``V`` (T, m, T): one run's finite parameters on ``data``'s vocabulary;
+    ``lam``, ``lr``: finite numbers > 0; ``r``: an int in ``[1, T]``; ``steps``: an int >= 0;
+    ``optimizer``: ``"sgd"`` or ``"adam"``. A non-finite loss or exploding adapter stops the run
+    with the step and a lower rate to try."""
+    checks.of_type("data", data, KnowledgeData)
+    T = data.vocab.size
+    for name, p, shape in (("W", W, (T, T)), ("V", V, None)):
+        checks.of_type(name, p, torch.Tensor)
+        if (shape and tuple(p.shape) != shape) or (not shape and (p.dim() != 3 or p.shape[0] != T or p.shape[2] != T)):
+            raise ValueError(f"{name} has shape {tuple(p.shape)}: one run's {name} on a vocabulary of T = {T} "
+                             f"({'(T, T)' if shape else '(T, m, T)'}); index a batched run with params[name][b]")
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{name} holds non-finite values: pass the parameters of a run that did not diverge")
+    lam = checks.positive("lam", lam)
+    r = checks.integer("r", r, lo=1, hi=T)
+    lr = checks.positive("lr", lr)
+    steps = checks.integer("steps", steps, lo=0)
+    checks.choice("optimizer", optimizer, ("sgd", "adam"))
+    seed = checks.seed("seed", seed)
+    if len(data.qa_train) == 0:
+        raise ValueError("data has N_ft = 0: there is nothing to fine-tune on; set N_ft >= 1")
     rho = data.vocab.rho.to(W.dtype)
     h_train = attention_output(W, data.qa_train, rho)
     y_train = data.qa_train.answer
@@ -93,6 +132,13 @@ def finetune_lora(W: torch.Tensor, V: torch.Tensor, data: KnowledgeData, lam: fl
         with torch.no_grad():
             acc.append([(model(h).argmax(-1) == y).float().mean().item() if len(y) else np.nan for h, y in tests])
         ce = nn.functional.cross_entropy(model(h_train), y_train)
+        if not math.isfinite(ce.item()) or (t and ce.item() > 100 * max(loss[0], 1e-3)):
+            raise ValueError(f"LoRA fine-tuning loss became {ce.item():.4g} at step {t} with learning rate {lr:g} "
+                             f"({optimizer}): the run diverged, lower that rate (e.g. to {lr / 10:g})")
+        big = max(float(p.detach().abs().max()) for p in params)
+        if not big <= LIMIT:
+            raise ValueError(f"LoRA fine-tuning: an adapter weight reached {big:.4g} at step {t} with learning rate "
+                             f"{lr:g} ({optimizer}): the run diverged, lower that rate (e.g. to {lr / 10:g})")
         loss.append(ce.item())
         if t < steps:
             opt.zero_grad()

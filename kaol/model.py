@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import checks
 from .seeds import drawn
 
 ARCHS = ("simplified", "uniform_mlp", "attention_only", "standard")
@@ -40,12 +41,18 @@ class ModelConfig:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch = {self.arch!r} is not one of {ARCHS}")
-        if self.m <= 0:
-            raise ValueError(f"m = {self.m} neurons per output must be positive")
-        if self.lam <= 0 or self.sigma0 <= 0:
-            raise ValueError(f"lam = {self.lam} and sigma0 = {self.sigma0} must be positive")
+        """``arch`` one of ``ARCHS``; ``m`` an int >= 1; ``lam``, ``sigma0`` finite and > 0; ``dtype``
+        ``torch.float32`` or ``torch.float64``."""
+        checks.choice("arch", self.arch, ARCHS)
+        object.__setattr__(self, "m", checks.integer("m", self.m, lo=1))
+        object.__setattr__(self, "lam", checks.positive("lam", self.lam))
+        object.__setattr__(self, "sigma0", checks.positive("sigma0", self.sigma0))
+        checks.dtype("dtype", self.dtype)
+
+    def n_params(self, T: int) -> int:
+        """Number of parameters of one run on a vocabulary of ``T`` tokens."""
+        return {"simplified": T * T + T * self.m * T, "uniform_mlp": T * self.m * T, "attention_only": 2 * T * T,
+                "standard": 4 * T * T + 8 * T * T + 3 * T}[self.arch]
 
     def with_(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
@@ -57,7 +64,16 @@ def init_params(cfg: ModelConfig, T: int, B: int = 1, seed: int | list[int] = 0)
     ``seed`` is one seed per run (or one int, giving runs ``seed, seed+1, ...``); run
     ``b`` depends on its own seed only, so a batched run equals the same run alone.
     """
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + b for b in range(B)]
+    B = checks.integer("B", B, lo=1)
+    T = checks.integer("T", T, lo=1)
+    if isinstance(seed, (list, tuple)):
+        seeds = checks.seeds("seed", seed)
+    else:
+        seeds = [checks.seed("seed", seed) + b for b in range(B)]
+    nbytes = B * cfg.n_params(T) * torch.finfo(cfg.dtype).bits // 8
+    checks.fits(f"{B} run(s) of the {cfg.arch} model on {T} tokens ({cfg.n_params(T)} parameters each)",
+                4 * nbytes, "parameters, gradients and work space do not fit; lower the vocabulary (N_f, N_r, R), "
+                "m or the number of runs")
     if len(seeds) != B:
         raise ValueError(f"{len(seeds)} seeds given for B = {B} runs")
     runs = [_init_one(cfg, T, s) for s in seeds]

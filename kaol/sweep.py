@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import checks
 from .cache import memo
 from .data import DataConfig, entropy, make_data
 from .metrics import rank1_share
@@ -24,7 +25,13 @@ from .train import FTConfig, FTHistory, PTHistory, Schedule, finetune, pretrain
 def pretrained(cfg: DataConfig, seeds: list[int], model: ModelConfig = ModelConfig(),
                schedule: Schedule = Schedule(), log_every: int = 10
                ) -> tuple[dict[str, torch.Tensor], PTHistory]:
-    """Pre-train one run per seed (data and initialisation both seeded by it), cached on disk."""
+    """Pre-train one run per seed (data and initialisation both seeded by it), cached on disk.
+
+    ``seeds``: a non-empty list of distinct non-negative ints; ``log_every`` an int >= 1."""
+    _check_configs(cfg, model, schedule)
+    seeds = checks.seeds("seeds", seeds, distinct=True)
+    log_every = checks.integer("log_every", log_every, lo=1)
+
     def compute() -> tuple[dict[str, torch.Tensor], PTHistory]:
         data = [make_data(cfg.with_(seed=s)) for s in seeds]
         return pretrain(data, model, schedule, seed=list(seeds), log_every=log_every)
@@ -39,8 +46,21 @@ def grid(base: DataConfig = DataConfig(), K: list[int] | None = None, N_ft: list
 
     Returns a tidy table, one row per run, and the fine-tuning curves keyed by
     ``(K, N_ft, R, seed)`` (predictions dropped to keep them small).
+
+    ``K``, ``N_ft``, ``R``: ``None`` or non-empty lists of ints; every combination must be a valid
+    ``DataConfig`` (``K <= R``, ``1 <= N_ft <= N_f``), checked before anything is computed.
+    ``seeds``: a non-empty list of distinct non-negative ints.
     """
-    Ks, Ns, Rs = K or [base.K], N_ft or [base.N_ft], R or [base.R]
+    _check_configs(base, model, schedule)
+    checks.of_type("ft", ft, FTConfig)
+    Ks = [base.K] if K is None else checks.ints("K", K, lo=1)
+    Ns = [base.N_ft] if N_ft is None else checks.ints("N_ft", N_ft, lo=1)
+    Rs = [base.R] if R is None else checks.ints("R", R, lo=1)
+    seeds = checks.seeds("seeds", seeds, distinct=True)
+    for k, n, r in product(Ks, Ns, Rs):
+        base.with_(K=k, N_ft=n, R=r)             # every cell valid before any computation
+    if 0 in Ns:
+        raise ValueError("N_ft = 0 leaves nothing to fine-tune on: use N_ft >= 1")
     rows, curves = [], {}
     for k, r in product(Ks, Rs):
         cfg = base.with_(K=k, R=r)
@@ -52,6 +72,12 @@ def grid(base: DataConfig = DataConfig(), K: list[int] | None = None, N_ft: list
             rows.append(_row(cfg.with_(N_ft=n, seed=seeds[si]), hist, b, pt.loss[-1][si], ft))
             curves[(k, n, r, seeds[si])] = _slice(hist, b)
     return pd.DataFrame(rows), curves
+
+
+def _check_configs(cfg: DataConfig, model: ModelConfig, schedule: Schedule) -> None:
+    checks.of_type("cfg", cfg, DataConfig)
+    checks.of_type("model", model, ModelConfig)
+    checks.of_type("schedule", schedule, Schedule)
 
 
 def _finetune(params: dict[str, torch.Tensor], cfg: DataConfig, seeds: list[int],

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import fast, metrics
+from . import checks, fast, metrics
 from .data import KIND_NAMES, KnowledgeData, Samples
 from .model import ModelConfig, forward, init_params
 
@@ -29,8 +29,12 @@ class Schedule:
     T: int = 1500
 
     def __post_init__(self) -> None:
-        if len(self.eta) != 3 or any(not e > 0 for e in self.eta):
-            raise ValueError(f"eta = {self.eta} must be three positive learning rates")
+        """``eta``: three finite rates > 0; ``T1``, ``T2``, ``T``: ints with ``0 <= T1 <= T2 <= T``, ``T >= 1``."""
+        if isinstance(self.eta, (str, bytes)) or not hasattr(self.eta, "__len__") or len(self.eta) != 3:
+            raise ValueError(f"eta = {self.eta!r} must be three positive learning rates")
+        object.__setattr__(self, "eta", tuple(checks.positive(f"eta[{i}]", e) for i, e in enumerate(self.eta)))
+        for name in ("T1", "T2", "T"):
+            object.__setattr__(self, name, checks.integer(name, getattr(self, name)))
         if not 0 <= self.T1 <= self.T2 <= self.T or self.T <= 0:
             raise ValueError(f"stage boundaries need 0 <= T1 <= T2 <= T and T > 0, got "
                              f"T1={self.T1}, T2={self.T2}, T={self.T}")
@@ -59,8 +63,13 @@ class FTConfig:
     train_W: bool = False
 
     def __post_init__(self) -> None:
+        """``eta`` finite and > 0; ``steps`` an int >= 1; ``rank1``, ``train_W`` bools."""
+        object.__setattr__(self, "eta", checks.real("eta", self.eta))
+        object.__setattr__(self, "steps", checks.integer("steps", self.steps))
         if not self.eta > 0 or self.steps <= 0:
             raise ValueError(f"fine-tuning needs eta > 0 and steps > 0, got eta={self.eta}, steps={self.steps}")
+        checks.boolean("rank1", self.rank1)
+        checks.boolean("train_W", self.train_W)
 
 
 @dataclass
@@ -126,6 +135,10 @@ class FTHistory:
 
 def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[KnowledgeData]:
     runs = data if isinstance(data, list) else [data] * (B or 1)
+    if not runs:
+        raise ValueError("data = []: pass one KnowledgeData (make_data) or one per run")
+    for i, d in enumerate(runs):
+        checks.of_type(f"data[{i}]" if isinstance(data, list) else "data", d, KnowledgeData)
     if len({d.vocab.size for d in runs}) != 1:
         raise ValueError("runs trained together need one vocabulary size: batch them by (N_f, N_r, R, context)")
     return runs
@@ -140,7 +153,27 @@ def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float, start: tor
     bad = [b for b in range(len(loss)) if not float(loss[b]) <= DIVERGED * float(start[b])]
     if bad:
         raise ValueError(f"{what} loss became {float(loss[bad[0]]):.4g} at step {t} (runs {bad}) with "
-                         f"learning rate {rate}: the run diverged, lower that rate")
+                         f"learning rate {rate}: the run diverged, lower that rate (e.g. to {rate / 10:g})")
+
+
+NORM_LIMIT = 1e6
+"""A run whose largest parameter exceeds ``NORM_LIMIT`` times (1 + its initial largest value) has diverged
+(a huge rate can leave a finite, even zero, loss with exploded parameters)."""
+
+
+def _check_norm(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor], t: int, what: str,
+                rate: float) -> None:
+    """Stop on non-finite or exploding parameters, naming the step, the rate and a lower rate to try."""
+    for k, size in _sizes(params).items():
+        bad = [b for b in range(len(size)) if not float(size[b]) <= NORM_LIMIT * (1 + float(start[k][b]))]
+        if bad:
+            raise ValueError(f"{what}: parameter {k} reached max |{k}| = {float(size[bad[0]]):.4g} at step {t} "
+                             f"(runs {bad}) with learning rate {rate}: the run diverged, lower that rate "
+                             f"(e.g. to {rate / 10:g})")
+
+
+def _sizes(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: p.detach().abs().reshape(p.shape[0], -1).amax(1).double() for k, p in params.items()}
 
 
 def _check_params(params: dict[str, torch.Tensor], runs: list[KnowledgeData]) -> None:
@@ -163,14 +196,18 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
     ``data`` is one data set shared by ``B`` runs or one per run; ``seed`` seeds the
     initialisation (one per run, or the first of ``seed, seed+1, ...``).
     """
-    if log_every <= 0:
-        raise ValueError(f"log_every = {log_every} must be a positive number of steps")
+    log_every = checks.integer("log_every", log_every, lo=1)
+    checks.of_type("model", model, ModelConfig)
+    checks.of_type("schedule", schedule, Schedule)
+    if B is not None:
+        checks.integer("B", B, lo=1)
     runs = _runs(data, B)
     B, v = len(runs), runs[0].vocab
     params = init_params(model, v.size, B, seed) if params is None else params
     _check_params(params, runs)
     batch = fast.Batch.build([d.pretrain for d in runs], v.size, [d.vocab.rho for d in runs], model.dtype)
     hist = PTHistory()
+    size0 = _sizes(params)
     for t in range(schedule.T + 1):
         log = t % log_every == 0 or t == schedule.T
         out = _step(model, params, batch, grad=t < schedule.T)
@@ -179,6 +216,7 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
             start = out.loss
         _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last), start)
         if log:
+            _check_norm(params, size0, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last))
             hist.steps.append(t)
             hist.loss.append(out.loss.numpy().copy())
             hist.loss_by_kind.append(metrics.loss_by_kind(out.ce, batch))
@@ -241,6 +279,10 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     Returns new parameters (the inputs are left unchanged) and the history with the OOD
     accuracy on the unseen frequent and rare facts at every step.
     """
+    checks.of_type("model", model, ModelConfig)
+    checks.of_type("cfg", cfg, FTConfig)
+    if not isinstance(params, dict) or not params or not all(isinstance(p, torch.Tensor) for p in params.values()):
+        raise TypeError(f"params must be a non-empty dict of tensors (from pretrain), not {type(params).__name__}")
     B = next(iter(params.values())).shape[0]
     runs = _runs(data, B)
     _check_params(params, runs)
@@ -248,6 +290,7 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     if any(d.cfg.N_ft == 0 for d in runs):
         raise ValueError("N_ft = 0: there is nothing to fine-tune on; set N_ft >= 1")
     params = {k: p.clone() for k, p in params.items()}
+    size0 = _sizes(params)
     rho = [d.vocab.rho for d in runs]
     train = fast.Batch.build([d.qa_train for d in runs], v.size, rho, model.dtype)
     test = fast.Batch.build([_cat(d.qa_unseen_freq, d.qa_rare) for d in runs], v.size, rho, model.dtype)
@@ -269,6 +312,8 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
         if t == 0:
             start = out.loss
         _check_finite(out.loss, t, "fine-tuning", cfg.eta, start)
+        if t % 10 == 0 or t == cfg.steps:
+            _check_norm(params, size0, t, "fine-tuning", cfg.eta)
         loss.append(out.loss.numpy().copy())
         if t == cfg.steps:
             break

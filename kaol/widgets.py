@@ -11,7 +11,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from . import plots
+from . import checks, plots
 from .data import DataConfig, KnowledgeData, entropy, make_data
 from .model import ModelConfig
 from .train import Schedule, pretrain
@@ -37,7 +37,9 @@ def _error(err: Exception) -> str:
 
 def data_report(cfg: DataConfig, n_rare: int = 1) -> str:
     """HTML: the counts of ``data_counts`` and the sentences of the first frequent fact and
-    of ``n_rare`` rare facts."""
+    of ``n_rare`` rare facts (``n_rare`` an int >= 0)."""
+    checks.of_type("cfg", cfg, DataConfig)
+    n_rare = checks.integer("n_rare", n_rare, lo=0)
     data = make_data(cfg)
     rows = "".join(f"<tr><td>{k}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
                    f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in data_counts(data).items())
@@ -49,6 +51,7 @@ def data_report(cfg: DataConfig, n_rare: int = 1) -> str:
 
 def data_explorer(cfg: DataConfig = DataConfig()) -> widgets.Widget:
     """Sliders over ``N_f, N_r, K, R`` (Sec. 3) showing counts, entropies and sample sentences."""
+    checks.of_type("cfg", cfg, DataConfig)
     sliders = {
         "N_f": widgets.IntSlider(cfg.N_f, 1, 300, description="N_f"),
         "N_r": widgets.IntSlider(cfg.N_r, 0, 300, description="N_r"),
@@ -61,7 +64,7 @@ def data_explorer(cfg: DataConfig = DataConfig()) -> widgets.Widget:
         vals = {k: s.value for k, s in sliders.items()}
         try:
             new = cfg.with_(N_ft=min(cfg.N_ft, vals["N_f"]), **vals)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             out.value = _error(err)
             return
         out.value = data_report(new)
@@ -75,6 +78,7 @@ def data_explorer(cfg: DataConfig = DataConfig()) -> widgets.Widget:
 def pretraining_figure(data: KnowledgeData, model: ModelConfig, schedule: Schedule, seed: int = 0,
                        log_every: int = 5) -> plt.Figure:
     """Pre-train one run and draw its loss against ``H`` and the attention masses (Sec. 4, Prop. 1)."""
+    checks.of_type("data", data, KnowledgeData)
     _, hist = pretrain(data, model, schedule, seed=seed, log_every=log_every)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     plots.loss_curves(axes[0], hist, entropy(data.cfg), schedule, by_kind=False)
@@ -92,6 +96,9 @@ def pretraining_explorer(cfg: DataConfig = SMALL, schedule: Schedule = SMALL_SCH
     """Controls for the three rates, the two stage boundaries and ``rho_c``; each change
     re-runs pre-training of ``cfg`` for ``schedule.T`` steps. Settings that are invalid or
     make the loss diverge show the error message instead of a figure."""
+    checks.of_type("cfg", cfg, DataConfig)
+    checks.of_type("schedule", schedule, Schedule)
+    checks.of_type("model", model, ModelConfig)
     eta = [widgets.FloatLogSlider(e, base=10, min=-1, max=2.5, step=0.05, description=f"eta_{i + 1}",
                                   continuous_update=False) for i, e in enumerate(schedule.eta)]
     T1 = widgets.IntSlider(schedule.T1, 0, schedule.T, description="T_1", continuous_update=False)
@@ -105,7 +112,7 @@ def pretraining_explorer(cfg: DataConfig = SMALL, schedule: Schedule = SMALL_SCH
         try:
             sch = Schedule(tuple(e.value for e in eta), T1.value, T2.value, schedule.T)
             fig = pretraining_figure(make_data(cfg.with_(rho_c=rho.value)), model, sch)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             msg.value = _error(err)
             return
         msg.value = ""

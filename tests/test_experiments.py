@@ -101,11 +101,12 @@ def test_run_all_ray() -> None:
 
 
 def test_sweep_rows_and_curves() -> None:
-    """One group per (K, R); N~_f = N_f (no unseen frequent fact) is left out."""
+    """One group per (K, R); N~_f = N_f (no unseen frequent fact, only rare ones) is a valid cell."""
     df, curves = ex.fig2a(TINY, workers=1, log=lambda s: None)
-    assert len(df) == 2 * 2 * 2                      # K x N_ft (4, 8) x seeds
-    assert set(df["N_ft"]) == {4, 8} and set(df["K"]) == {1, 2}
-    assert set(curves) == {(k, n, 4, s) for k in (1, 2) for n in (4, 8) for s in (0, 1)}
+    assert len(df) == 2 * 3 * 2                      # K x N_ft (4, 8, 12) x seeds
+    assert set(df["N_ft"]) == {4, 8, 12} and set(df["K"]) == {1, 2}
+    assert df.loc[df["N_ft"] == 12, "best_freq"].isna().all()
+    assert set(curves) == {(k, n, 4, s) for k in (1, 2) for n in (4, 8, 12) for s in (0, 1)}
     assert curves[(2, 4, 4, 0)].acc_freq.shape == (TINY.ft.steps + 1, 1)
     both, _ = ex.rank1(TINY, workers=1, log=lambda s: None)
     assert sorted(both["ft"].unique()) == ["full", "rank1"]
