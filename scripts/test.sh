@@ -2,7 +2,8 @@
 # The README's test command: install into .venv, build the HTML book, then run every test:
 # the unit tests of kaol, every notebook re-executed by nbval, and the built book opened
 # page by page in headless Chromium (tests/browser; skipped when no Chromium is installed:
-# as root this script installs Debian's chromium first); last, scripts/check_binder.sh.
+# as root this script installs Debian's chromium first), the JavaScript model of the live
+# figures against kaol (node --test tests/js/); last, scripts/check_binder.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ status=0
 pytest || status=$?
 # pytest's exit code 5 means "no tests were collected": not a failure of the code.
 [ "$status" -eq 5 ] && { echo "pytest collected no tests (exit code 5)"; status=0; }
+# web/kaol.js, the model the live figures train in the reader's browser, against kaol's fixtures.
+node --test tests/js/ || status=1
 # The Binder environment, built in a throwaway venv outside the clone; .venv is not touched.
 bash scripts/check_binder.sh || status=1
 exit "$status"
