@@ -106,9 +106,10 @@ export function attention(W, T, rows, rho) {
 
 /** One pass over `rows` (kaol.fast.run): the loss, each row's cross-entropy and argmax and,
  *  with `grad`, Lemma 1's gradient of the rows of V the inputs read (`gV`, one m x T block per
- *  token of `rows.used`) and, with `gradA`, dL/da of every token of every row.
- *  V is stored by rows: token t's m x T block starts at vrow[t] * m * T. */
-export function run(V, vrow, T, m, lam, rows, a, { grad = false, gradA = false } = {}) {
+ *  token of `rows.used`) and, with `gradA`, dL/da of every token of every row; `loss: false`
+ *  gives the argmax only. V is stored by rows: token t's m x T block starts at vrow[t] * m * T.
+ *  Inputs have 1-3 tokens; each loop over the m x T block does all of a row's tokens at once. */
+export function run(V, vrow, T, m, lam, rows, a, { grad = false, gradA = false, loss: withLoss = true } = {}) {
   const { n, L, tok, len, w, yStart, yIdx, yProb, slot } = rows, mT = m * T;
   const pre = new Float64Array(mT), z = new Float64Array(T), g = new Float64Array(T);
   const ce = new Float64Array(n), pred = new Int32Array(n);
@@ -116,18 +117,21 @@ export function run(V, vrow, T, m, lam, rows, a, { grad = false, gradA = false }
   const da = gradA ? new Float64Array(n * L) : null;
   let loss = 0;
   for (let i = 0; i < n; i++) {
-    const o = i * L;
-    pre.fill(0);
-    for (let l = 0; l < len[i]; l++) {
-      const al = a[o + l], off = vrow[tok[o + l]] * mT;
-      if (al === 0) continue;
-      for (let k = 0; k < mT; k++) pre[k] += al * V[off + k];
-    }
+    const o = i * L, three = len[i] === 3;
+    if (len[i] < 1 || len[i] > 3) fail(`row ${i} has ${len[i]} tokens; inputs have 1 to 3`);
+    // A missing second or third token reads the first token's row with weight 0.
+    const a0 = a[o], a1 = len[i] > 1 ? a[o + 1] : 0, a2 = three ? a[o + 2] : 0;
+    const v0 = vrow[tok[o]] * mT, v1 = len[i] > 1 ? vrow[tok[o + 1]] * mT : v0, v2 = three ? vrow[tok[o + 2]] * mT : v0;
     z.fill(0);
-    for (let q = 0, k = 0; q < m; q++) for (let j = 0; j < T; j++, k++) if (pre[k] > 0) z[j] += pre[k];
+    for (let q = 0, k = 0; q < m; q++) for (let j = 0; j < T; j++, k++) {   // pre = sum_l a_l V[t_l]; z = sum_n ReLU(pre)
+      const p = three ? a0 * V[v0 + k] + a1 * V[v1 + k] + a2 * V[v2 + k] : a0 * V[v0 + k] + a1 * V[v1 + k];
+      pre[k] = p;
+      if (p > 0) z[j] += p;
+    }
     let mx = -Infinity, arg = 0;
     for (let j = 0; j < T; j++) { z[j] *= lam; if (z[j] > mx) { mx = z[j]; arg = j; } }
     pred[i] = arg;
+    if (!withLoss) continue;
     let se = 0;
     for (let j = 0; j < T; j++) { g[j] = Math.exp(z[j] - mx); se += g[j]; }
     const lse = mx + Math.log(se);
@@ -139,14 +143,20 @@ export function run(V, vrow, T, m, lam, rows, a, { grad = false, gradA = false }
     for (let j = 0; j < T; j++) g[j] /= se;                                  // p
     for (let k = yStart[i]; k < yStart[i + 1]; k++) g[yIdx[k]] -= yProb[k];  // p - y
     for (let j = 0; j < T; j++) g[j] *= lam * w[i];
-    for (let q = 0, k = 0; q < m; q++) for (let j = 0; j < T; j++, k++) pre[k] = pre[k] > 0 ? g[j] : 0;
-    for (let l = 0; l < len[i]; l++) {
-      const al = a[o + l];
-      if (al === 0) continue;
-      const off = vrow[tok[o + l]] * mT, goff = slot[tok[o + l]] * mT;
-      let acc = 0;
-      for (let k = 0; k < mT; k++) { gV[goff + k] += al * pre[k]; acc += pre[k] * V[off + k]; }
-      if (gradA) da[o + l] = acc;
+    // dL/dV[t_l] += a_l g_j 1[pre > 0]; dL/da_l = sum g_j 1[pre > 0] V[t_l]
+    const g0 = slot[tok[o]] * mT, g1 = len[i] > 1 ? slot[tok[o + 1]] * mT : g0, g2 = three ? slot[tok[o + 2]] * mT : g0;
+    let d0 = 0, d1 = 0, d2 = 0;
+    for (let q = 0, k = 0; q < m; q++) for (let j = 0; j < T; j++, k++) {
+      if (!(pre[k] > 0)) continue;
+      const gj = g[j];
+      gV[g0 + k] += a0 * gj; d0 += gj * V[v0 + k];
+      if (len[i] > 1) { gV[g1 + k] += a1 * gj; d1 += gj * V[v1 + k]; }
+      if (three) { gV[g2 + k] += a2 * gj; d2 += gj * V[v2 + k]; }
+    }
+    if (gradA) {            // kaol.fast leaves dL/da of a token with a_l = 0 at 0
+      da[o] = a0 === 0 ? 0 : d0;
+      if (len[i] > 1) da[o + 1] = a1 === 0 ? 0 : d1;
+      if (three) da[o + 2] = a2 === 0 ? 0 : d2;
     }
   }
   return { loss, ce, pred, gV, da };
@@ -305,7 +315,7 @@ export function finetune(model, data, { eta, steps, rank1: lowRank = false }, { 
   const hist = { loss: [], accFreq: [], accRare: [] };
   let start = 0;
   for (let t = 0; t <= steps; t++) {
-    const ev = run(V, vrow, T, m, lam, test, aTest);
+    const ev = run(V, vrow, T, m, lam, test, aTest, { loss: false });
     let hf = 0, hr = 0;
     for (let i = 0; i < test.n; i++) {
       const hit = ev.pred[i] === data.vocab.a(test.fact[i]) ? 1 : 0;
