@@ -149,9 +149,10 @@ export function run(V, vrow, T, m, lam, rows, a, { grad = false, gradA = false, 
     for (let q = 0, k = 0; q < m; q++) for (let j = 0; j < T; j++, k++) {
       if (!(pre[k] > 0)) continue;
       const gj = g[j];
-      gV[g0 + k] += a0 * gj; d0 += gj * V[v0 + k];
-      if (len[i] > 1) { gV[g1 + k] += a1 * gj; d1 += gj * V[v1 + k]; }
-      if (three) { gV[g2 + k] += a2 * gj; d2 += gj * V[v2 + k]; }
+      gV[g0 + k] += a0 * gj;
+      gV[g1 + k] += a1 * gj;     // a1 = 0 when a 1-token input reads row 0 twice
+      if (three) gV[g2 + k] += a2 * gj;
+      if (gradA) { d0 += gj * V[v0 + k]; d1 += gj * V[v1 + k]; if (three) d2 += gj * V[v2 + k]; }
     }
     if (gradA) {            // kaol.fast leaves dL/da of a token with a_l = 0 at 0
       da[o] = a0 === 0 ? 0 : d0;

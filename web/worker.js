@@ -40,9 +40,9 @@ function initial(meta, buf) {
   return { W: all.slice(0, T * T), V: all.slice(T * T) };
 }
 
-function every(n, fn) {    // call fn at most every n ms (and let the caller force the last call)
+function every(n, fn) {    // fn, called at most once every n ms
   let last = 0;
-  return (force, ...args) => { const now = performance.now(); if (force || now - last > n) { last = now; fn(...args); } };
+  return (...args) => { const now = performance.now(); if (now - last > n) { last = now; fn(...args); } };
 }
 
 const tasks = {
@@ -56,9 +56,9 @@ const tasks = {
     const vrow = new Int32Array(T).fill(-1);
     meta.V_rows.forEach((t, i) => { vrow[t] = i; });
     const data = kaol.makeData(meta.data, N_ft);
-    const progress = every(100, h => post({ type: 'progress', hist: h }));
+    const progress = every(250, h => post({ type: 'progress', hist: h }));
     return kaol.finetune({ m, lam, V, vrow, qaS: meta.qaS }, data, { eta, steps, rank1 },
-                         { onStep: (t, h) => progress(false, h) });
+                         { onStep: (t, h) => progress(h) });
   },
 
   /** Chapter 3: pre-train the small data set from kaol's initialisation with the reader's rho_c and rates. */
@@ -66,9 +66,9 @@ const tasks = {
     const [meta, buf] = await Promise.all([load(base, 'pretrain.json', 'json'), load(base, 'pretrain.bin', 'arrayBuffer')]);
     const data = kaol.makeData(meta.data, meta.data.N_ft, rho_c);
     const hist = { steps: [], loss: [], attn: [] };
-    const progress = every(100, () => post({ type: 'progress', hist }));
+    const progress = every(250, () => post({ type: 'progress', hist }));
     kaol.pretrain(initial(meta, buf), data, meta.model, { ...meta.schedule, eta }, {
-      logEvery: 5, onLog: r => { hist.steps.push(r.step); hist.loss.push(r.loss); hist.attn.push(r.attn); progress(false); } });
+      logEvery: 5, onLog: r => { hist.steps.push(r.step); hist.loss.push(r.loss); hist.attn.push(r.attn); progress(); } });
     return { ...hist, H: kaol.entropy(meta.data) };
   },
 
