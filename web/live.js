@@ -66,8 +66,8 @@ const figures = {
         traces.push({ x: steps(k.acc_freq.length), y: k.acc_freq, name: 'kaol (Python), frequent', mode: 'markers', marker: { size: 4, color: '#1f77b4', symbol: 'circle-open' } },
                     { x: steps(k.acc_rare.length), y: k.acc_rare, name: 'kaol (Python), rare', mode: 'markers', marker: { size: 4, color: '#d62728', symbol: 'circle-open' } });
       }
-      draw(el, traces, { xaxis: { title: 'fine-tuning step', range: [0, a.steps] }, yaxis: { title: 'OOD accuracy', range: [0, 1.02] },
-                         title: { text: `N~_f = ${a.N_ft}, eta_FT = ${a.eta.toPrecision(3)}, ${a.rank1 ? 'rank-1' : 'full'} updates`, font: { size: 13 } } });
+      draw(el, traces, { xaxis: { title: { text: 'fine-tuning step' }, range: [0, a.steps] }, yaxis: { title: { text: 'OOD accuracy' }, range: [0, 1.02] },
+                         title: { text: `Ñ_f = ${a.N_ft}, η_FT = ${a.eta.toPrecision(3)}, ${a.rank1 ? 'rank-1' : 'full'} updates`, font: { size: 13 } } });
       const last = h.accFreq.length - 1;
       if (done) say(el, `step ${last}: ${(100 * h.accFreq[last]).toFixed(1)}% of the unseen frequent facts and ${(100 * h.accRare[last]).toFixed(1)}% of the rare facts answered right.`);
     },
@@ -91,8 +91,8 @@ const figures = {
         traces.push({ x: ref.reference.steps, y: ref.reference.loss, name: 'kaol (Python, float32)', mode: 'markers',
                       marker: { size: 3, color: 'black', symbol: 'circle-open' } });
       draw(el, traces, { grid: { rows: 1, columns: 2, pattern: 'independent' },
-                         xaxis: { title: 'step', range: [0, s ? s.T : 400] }, yaxis: { title: 'loss', type: 'log' },
-                         xaxis2: { title: 'step', range: [0, s ? s.T : 400] }, yaxis2: { title: 'attention', range: [0, 1] } });
+                         xaxis: { title: { text: 'step' }, range: [0, s ? s.T : 400] }, yaxis: { title: { text: 'loss' }, type: 'log' },
+                         xaxis2: { title: { text: 'step' }, range: [0, s ? s.T : 400] }, yaxis2: { title: { text: 'attention' }, range: [0, 1] } });
       if (done) say(el, `final loss ${h.loss[h.loss.length - 1].toFixed(4)} (H = ${h.H.toFixed(4)}).`);
     },
     progress: (el, msg, a) => figures.pretrain.show(el, { ...msg.hist, H: NaN }, a, false),
@@ -109,7 +109,7 @@ const figures = {
       const traces = [{ x, y: acc, name: `browser: N_f = ${r.N_f}, N~_f = ${a.N_ft}`, line: { color: '#1f77b4' } }];
       if (book) traces.push({ x: [0, x.length - 1], y: [book.best_mean, book.best_mean], name: `stored, book scale (N_f = 100, N~_f = ${a.N_ft_book}, best step, ${book.best_count} seeds)`,
                               line: { color: '#ff7f0e', dash: 'dash' } });
-      draw(el, traces, { xaxis: { title: 'fine-tuning step' }, yaxis: { title: 'OOD accuracy (all unseen facts)', range: [0, 1.02] } });
+      draw(el, traces, { xaxis: { title: { text: 'fine-tuning step' } }, yaxis: { title: { text: 'OOD accuracy (all unseen facts)' }, range: [0, 1.02] } });
       say(el, `browser scale: pre-training loss ${r.pt.loss[r.pt.loss.length - 1].toFixed(3)} (H = ${r.H.toFixed(3)}), best OOD accuracy ${(100 * Math.max(...acc.slice(1))).toFixed(1)}%`
               + (book ? `; stored book-scale value ${(100 * book.best_mean).toFixed(1)}% ± ${(100 * book.best_std).toFixed(1)}%.` : '.'));
     },
