@@ -106,8 +106,8 @@ const figures = {
       if (!done) return;
       const x = steps(r.ft.accFreq.length), acc = r.ft.accFreq.map((f, i) => (f * (r.N_f - a.N_ft) + r.ft.accRare[i] * r.N_r) / (r.N_f - a.N_ft + r.N_r));
       const book = el.kaolRef && el.kaolRef.book_scale.cells.find(c => c.K === a.K && c.R === a.R && c.N_ft === a.N_ft_book);
-      const traces = [{ x, y: acc, name: `browser: N_f = ${r.N_f}, N~_f = ${a.N_ft}`, line: { color: '#1f77b4' } }];
-      if (book) traces.push({ x: [0, x.length - 1], y: [book.best_mean, book.best_mean], name: `stored, book scale (N_f = 100, N~_f = ${a.N_ft_book}, best step, ${book.best_count} seeds)`,
+      const traces = [{ x, y: acc, name: `browser: N_f = ${r.N_f}, Ñ_f = ${a.N_ft}`, line: { color: '#1f77b4' } }];
+      if (book) traces.push({ x: [0, x.length - 1], y: [book.best_mean, book.best_mean], name: `stored, book scale (N_f = 100, Ñ_f = ${a.N_ft_book}, best step, ${book.best_count} seeds)`,
                               line: { color: '#ff7f0e', dash: 'dash' } });
       draw(el, traces, { xaxis: { title: { text: 'fine-tuning step' } }, yaxis: { title: { text: 'OOD accuracy (all unseen facts)' }, range: [0, 1.02] } });
       say(el, `browser scale: pre-training loss ${r.pt.loss[r.pt.loss.length - 1].toFixed(3)} (H = ${r.H.toFixed(3)}), best OOD accuracy ${(100 * Math.max(...acc.slice(1))).toFixed(1)}%`
