@@ -13,7 +13,8 @@ from kaol.model import ModelConfig, init_params
 
 
 def _same(got, want, path: str = "") -> None:
-    """X"""
+    """Equal structure, equal integers and strings, floats to 1e-9 relative (kaol's float64 results
+    move by ~1e-12 with its summation order; the JS is held to 1e-9 against this file)."""
     if isinstance(want, dict):
         assert sorted(got) == sorted(want), path
         for k in want:
