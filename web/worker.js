@@ -76,7 +76,7 @@ const tasks = {
   async cell({ base, K, R, N_ft, eta_ft, steps }, post) {
     const index = await load(base, 'cell.json', 'json');
     const run = index.runs.find(r => r.K === K && r.R === R);
-    if (!run) throw new Error(`no browser-scale data for K = ${K}, R = ${R}`);
+    if (!run) throw new Error(`no browser-scale data for K = ${K}, R = ${R}: the book's grids vary R at K = 4 only`);
     const buf = await load(base, `${run.file}.bin`, 'arrayBuffer');
     const data = kaol.makeData(run.data, N_ft), params = initial(run, buf);
     const pt = kaol.pretrain(params, data, run.model, run.schedule, {
