@@ -9,7 +9,9 @@
 #    and kaol caches (the compared outputs must not depend on the CPU);
 # 3. the book on fresh seeds: every seed shifted by KAOL_SEED_OFFSET=1000, outputs not
 #    compared (--nbval-lax), every claim's assert must still pass;
-# 4. scripts/check_binder.sh: the Binder environment built in a throwaway venv.
+# 4. node --test tests/js/: web/kaol.js, the model the live figures train in the reader's
+#    browser, against kaol's fixtures;
+# 5. scripts/check_binder.sh: the Binder environment built in a throwaway venv.
 # Passes 2 and 3 run side by side (each notebook kernel uses one thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +49,8 @@ cat "$scratch/cpu.log"
 wait "$seeds" || { status=1; echo "fresh-seed pass FAILED:"; }
 cat "$scratch/seeds.log"
 
+# web/kaol.js, the model the live figures train in the reader's browser, against kaol's fixtures.
+node --test tests/js/ || status=1
 # The Binder environment, built in a throwaway venv outside the clone; .venv is not touched.
 bash scripts/check_binder.sh || status=1
 exit "$status"
