@@ -6,18 +6,27 @@ Run from the repository root::
 
 It measures, in one run (a few minutes on 2 CPU cores):
 
+(r) the machine's own reference rates, in the same run: a single-thread float32 matmul
+    (multiply-adds per second) and a memory copy of an array the size of ``V`` (bytes
+    read plus written per second), so every rate below is also given as a fraction of
+    what this machine does;
 (a) one book-scale run: ``make_data(DataConfig())``, ``pretrain`` with the default
-    ``Schedule`` and ``finetune`` with the default ``FTConfig`` (target: < 1 s);
+    ``Schedule`` and ``finetune`` with the default ``FTConfig`` (targets: the whole run
+    < 1 s, fine-tuning < 0.05 s), with the multiply-adds per pre-training step that the
+    kernel does (Lemma 1: ``m T`` per token of a row forward, twice that backward), the
+    rate achieved, and the bytes of ``V`` it moves per step (the rows of ``V`` and
+    ``dL/dV`` that the inputs touch: ``V`` read, ``dL/dV`` written, then read with ``V``
+    and ``V`` written by the update) and that rate;
 (b) the dense autograd reference of ``kaol.dense`` (random orthonormal embeddings in
     ``d`` = 2048, Sec. 2 as written) against the token-basis fast path of ``kaol.fast``,
     per pre-training step on the same data in float64, and the largest difference of
     their losses over the compared steps (target: fast >= 100x dense, equal results);
-(c) 64 runs (seeds 0..63, each with its own data draw) trained as one batch against the
-    same 64 runs one by one, with a reduced number of steps (target: batched >= 4x);
+(c) a sweep of 64 runs (seeds 0..63, each with its own data draw) trained as one batch in
+    a fresh process with one and with two threads (``NUMBA_NUM_THREADS``), a reduced number
+    of steps (target: two threads >= 1.8x the throughput of one);
 (d) the peak resident memory of a fresh process that runs the batched pre-training of (c).
 
-Options: ``--threads N`` (torch threads, default 1: on a shared, oversubscribed machine two
-OpenMP threads per op spin and wait on each other and run many times slower), ``--d`` (dense dimension),
+Options: ``--threads N`` (torch threads, default 1), ``--d`` (dense dimension),
 ``--steps`` (steps per run in (c), default 10).
 """
 from __future__ import annotations
@@ -32,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -63,23 +73,59 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def book_run() -> list[Row]:
+def reference_rates() -> tuple[float, float, list[Row]]:
+    """(r) Multiply-adds per second of a single-thread float32 matmul, and bytes per second
+    (read + written) of a copy of an array the size of ``V`` at book scale."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    A = torch.randn(1024, 1024)
+    A @ A
+    reps, start = 10, time.perf_counter()
+    for _ in range(reps):
+        A @ A
+    mac = reps * 1024 ** 3 / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    T, m = make_data(DataConfig()).vocab.size, ModelConfig().m
+    src = np.random.default_rng(0).standard_normal(T * m * T).astype(np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    reps, start = 200, time.perf_counter()
+    for _ in range(reps):
+        np.copyto(dst, src)
+    copy = reps * 2 * src.nbytes / (time.perf_counter() - start)
+    return mac, copy, [Row("(r) reference: float32 matmul 1024^3, one thread", f"{mac / 1e9:.1f} GMAC/s"),
+                       Row(f"(r) reference: copy of {src.nbytes / 2 ** 20:.1f} MiB (the size of V)",
+                           f"{copy / 1e9:.1f} GB/s (read + write)")]
+
+
+def step_work(data, model: ModelConfig) -> tuple[float, float]:
+    """Multiply-adds and bytes of ``V`` moved by one pre-training step of ``kaol.fast`` (see (a))."""
+    s, T, m = data.pretrain, data.vocab.size, model.m
+    tokens = float(s.mask.sum())
+    rows = len(torch.unique(s.tokens[s.mask]))
+    size = torch.finfo(model.dtype).bits // 8
+    return 3 * tokens * m * T, 5 * rows * m * T * size
+
+
+def book_run(mac_ref: float, copy_ref: float) -> list[Row]:
     """(a) One pre-training + fine-tuning run at the book's default scale."""
     data = make_data(DataConfig())
     pretrain(data, schedule=Schedule(T1=1, T2=2, T=3))                  # warm-up (first-call costs)
+    finetune(*pretrain(data, schedule=Schedule(T1=1, T2=2, T=3))[:1], data, cfg=FTConfig(steps=2))
     t_pt, (params, _) = timed(pretrain, data)
     t_ft, _ = timed(finetune, params, data)
-    cpu = time.process_time()
-    pretrain(data)
-    finetune(params, data)
-    cpu = time.process_time() - cpu
     total = t_pt + t_ft
     s, f = Schedule(), FTConfig()
+    macs, nbytes = step_work(data, ModelConfig())
+    mac_rate, byte_rate = macs * s.T / t_pt, nbytes * s.T / t_pt
     return [Row(f"(a) book run: pre-training, {s.T} steps", f"{t_pt:.3f} s ({1e3 * t_pt / s.T:.2f} ms/step)"),
-            Row(f"(a) book run: fine-tuning, {f.steps} steps", f"{t_ft:.3f} s ({1e3 * t_ft / f.steps:.2f} ms/step)"),
-            Row("(a) book run: PT + FT total, wall time", f"{total:.3f} s", "< 1 s", _yes(total < 1.0)),
-            Row("(a) book run: PT + FT, CPU time of a second run", f"{cpu:.3f} s (what a quiet core would take)",
-                "< 1 s", _yes(cpu < 1.0))]
+            Row("(a) pre-training step: multiply-adds, rate", f"{macs / 1e6:.1f} M/step, {mac_rate / 1e9:.2f} GMAC/s "
+                f"= {mac_rate / mac_ref:.2f} of the matmul reference"),
+            Row("(a) pre-training step: bytes of V moved, rate", f"{nbytes / 2 ** 20:.1f} MiB/step, "
+                f"{byte_rate / 1e9:.2f} GB/s = {byte_rate / copy_ref:.2f} of the copy reference"),
+            Row(f"(a) book run: fine-tuning, {f.steps} steps", f"{t_ft:.3f} s ({1e3 * t_ft / f.steps:.2f} ms/step)",
+                "< 0.05 s", _yes(t_ft < 0.05)),
+            Row("(a) book run: PT + FT total, wall time", f"{total:.3f} s", "< 1 s", _yes(total < 1.0))]
 
 
 def dense_vs_fast(d: int, steps: int = 4) -> list[Row]:
@@ -103,32 +149,35 @@ def dense_vs_fast(d: int, steps: int = 4) -> list[Row]:
             Row(f"(b) max |loss difference| over {steps + 1} losses", f"{diff:.1e}", "equal (< 1e-9)", _yes(diff < 1e-9))]
 
 
-def _datas(n: int) -> list:
-    return [make_data(DataConfig(seed=s)) for s in range(n)]
+_SWEEP = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from kaol import DataConfig, FTConfig, Schedule, finetune, make_data, pretrain
+ds = [make_data(DataConfig(seed=s)) for s in range({B})]
+warm, _ = pretrain(ds[:1], schedule=Schedule(T1=1, T2=2, T=2))
+finetune(warm, ds[:1], cfg=FTConfig(steps=2))
+start = time.perf_counter()
+params, _ = pretrain(ds, schedule=Schedule(T1=min(5, {steps}), T2=min(10, {steps}), T={steps}), seed=list(range({B})))
+finetune(params, ds, cfg=FTConfig(steps={steps}))
+print(time.perf_counter() - start)
+"""
 
 
-def batched_vs_sequential(steps: int) -> list[Row]:
-    """(c) B = 64 runs as one batch vs one by one: pre-training and fine-tuning throughput."""
-    datas, seeds = _datas(B_RUNS), list(range(B_RUNS))
-    schedule = Schedule(T1=min(5, steps), T2=min(10, steps), T=steps)
-    ft = FTConfig(steps=steps)
-    pretrain(datas[0], schedule=Schedule(T1=1, T2=2, T=3))              # warm-up
-    t_pb, (pb, _) = timed(pretrain, datas, schedule=schedule, seed=seeds)
-    t_fb, _ = timed(finetune, pb, datas, cfg=ft)
-    t_ps = t_fs = 0.0
-    for d, s in zip(datas, seeds):
-        t, (p1, _) = timed(pretrain, d, schedule=schedule, seed=s)
-        t_ps += t
-        t, _ = timed(finetune, p1, d, cfg=ft)
-        t_fs += t
-    n = B_RUNS * steps
-    rows = []
-    for what, tb, ts in [("pre-training", t_pb, t_ps), ("fine-tuning", t_fb, t_fs)]:
-        ratio = ts / tb
-        rows += [Row(f"(c) {what}: {B_RUNS} runs batched, {steps} steps", f"{tb:.2f} s = {n / tb:.0f} run-steps/s"),
-                 Row(f"(c) {what}: {B_RUNS} runs one by one", f"{ts:.2f} s = {n / ts:.0f} run-steps/s"),
-                 Row(f"(c) {what}: batched / sequential throughput", f"{ratio:.1f}x", ">= 4x", _yes(ratio >= 4))]
-    return rows
+def sweep_threads(steps: int) -> list[Row]:
+    """(c) B = 64 runs as one batch, pre-training then fine-tuning, in a fresh process with one
+    and with two threads: the throughput the second core adds."""
+    code = _SWEEP.format(root=str(ROOT), B=B_RUNS, steps=steps)
+    times = {}
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "NUMBA_NUM_THREADS": str(threads)})
+        times[threads] = float(out.stdout.split()[-1])
+    n = 2 * B_RUNS * steps
+    ratio = times[1] / times[2]
+    return [Row(f"(c) sweep: {B_RUNS} runs, {steps} PT + {steps} FT steps, {t} thread{'s' * (t > 1)}",
+                f"{times[t]:.2f} s = {n / times[t]:.0f} run-steps/s") for t in (1, 2)] + \
+        [Row("(c) sweep: throughput 2 threads / 1 thread", f"{ratio:.2f}x", ">= 1.8x", _yes(ratio >= 1.8))]
 
 
 def peak_memory(threads: int, steps: int = 3) -> list[Row]:
@@ -171,12 +220,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"kaol benchmark: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {args.threads} torch threads, load average before start "
+          f"{os.cpu_count()} CPUs, {args.threads} torch threads, numba threads {numba.get_num_threads()}, load average before start "
           f"{os.getloadavg()[0]:.1f} (other jobs share the machine)")
     start = time.perf_counter()
-    rows = book_run()
+    mac_ref, copy_ref, rows = reference_rates()
+    rows += book_run(mac_ref, copy_ref)
     rows += dense_vs_fast(args.d)
-    rows += batched_vs_sequential(args.steps)
+    rows += sweep_threads(args.steps)
     rows += peak_memory(args.threads)
     print(table(rows))
     print(f"(c) uses {args.steps} steps per run instead of the book's {Schedule().T} + {FTConfig().steps}, "

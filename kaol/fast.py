@@ -3,11 +3,13 @@
 Orthogonal embeddings make the attention output ``h = X S`` a combination of the
 2-4 tokens of the input, ``h = sum_l a_l e_{t_l}`` with ``a_l = S_l rho_{t_l}``, so the
 pre-activations of every neuron are ``sum_l a_l V[t_l]``: each input reads only the
-2-4 rows of ``V`` (one per token, ``m x T`` values each) that its tokens select. One
-compiled loop (``numba``) goes over the inputs of every run; per input it forms the
+2-4 rows of ``V`` (one per token, ``m x T`` values each) that its tokens select. A
+compiled loop (``numba``) goes over the inputs of every run, in parallel chunks of
+inputs (``Batch``); per input it forms the
 ``m x T`` pre-activations in a small buffer, the logits, the loss and, from the same
 buffer, the gradients of the rows of ``V`` it read, so nothing of size
-``inputs x m x T`` is ever stored. The attention and its gradient stay in torch.
+``inputs x m x T`` is ever stored. The attention, its gradient and the update are
+compiled loops too.
 
 The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)``
 (times the sample weight) and ``1_{jn} = 1[<v_{j,n}, h> > 0]``::
@@ -16,15 +18,20 @@ The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)`
     dL/dS_l     = <X^T dL/dh, e_l> with dL/dh = sum_{j,n} g_j 1_{jn} v_{j,n}
     dL/dW       = sum_i sum_l S_l (dL/dS_l - sum_k S_k dL/dS_k) x_l x_L^T
 
-The loop is serial, so every result is bit-identical from run to run.
+Every result is bit-identical on any x86-64 CPU and for any thread count: the loops are
+compiled without fast-math (no reassociation, no fused multiply-add contraction), every
+sum runs in an order fixed by the data (never by the thread count), and ``exp`` and ``log`` are our own polynomials (``_exp``,
+``_log``) rather than the C library's, whose results depend on the CPU's instruction set.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
 from .data import Samples
 
@@ -35,6 +42,16 @@ class Batch:
 
     ``w`` holds each row's weight divided by its run's total weight, so the loss of
     run ``b`` is ``sum_i w[b, i] CE_i`` (the weighted mean of App. J).
+
+    The compiled pass splits each run's rows into ``CHUNKS`` chunks that run in parallel:
+    rows are ordered by their rarest token (``order``), so rows sharing a subject sit in
+    one chunk and read the same rows of ``V`` while they are in cache. A token whose
+    rows all fall in one chunk has its ``dL/dV`` row accumulated there directly
+    (``dest[b, c, t] = slot[t]``); a token read by several chunks (the context, the
+    relations) gets one partial row per chunk (``dest = -1 - p``), added up afterwards
+    in chunk order (``sums[b, k]``: the slot of shared row ``k`` and its partials, -1
+    where a chunk does not read it). The chunking depends on the data only, never on
+    the thread count, so the sums are the same whatever the number of threads.
     """
 
     tokens: torch.Tensor   # (B, n, L)
@@ -47,9 +64,13 @@ class Batch:
     kind: torch.Tensor     # (B, n), -1 on padding rows
     fact: torch.Tensor     # (B, n)
     T: int
-    w_idx: torch.Tensor    # flat index of W[b, t_l, t_L] for every token of every row
     rows: torch.Tensor     # (U,) the tokens that occur in some input: the rows of V with a gradient
     slot: torch.Tensor     # (T,) position of each token in ``rows``, -1 for the others
+    order: np.ndarray      # (B, n) rows of each run by rarest token
+    bounds: np.ndarray     # (B, CHUNKS + 1) chunk c of run b holds order[b, bounds[b, c]:bounds[b, c + 1]]
+    dest: np.ndarray       # (B, CHUNKS, T) where chunk c accumulates dL/dV[b, t]
+    sums: np.ndarray       # (B, shared, 1 + CHUNKS) gV slot of each shared row, then its partials
+    n_part: int            # partial rows per run
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,15 +100,55 @@ class Batch:
             mask[b, :m, :L - ll] = False
             kind[b, :m], fact[b, :m] = s.kind, s.fact
             y_idx[b, :m, :kk], y_prob[b, :m, :kk] = s.y_idx, s.y_prob.to(dtype)
-            w[b, :m] = (s.weight / s.weight.sum()).to(dtype)
+            w[b, :m] = (s.weight / math.fsum(s.weight.tolist())).to(dtype)   # fsum: exactly rounded
         rho_b = torch.stack(rhos).to(dtype)
         r = rho_b.gather(1, tokens.view(B, -1)).view(B, n, L) * mask
-        w_idx = ((tokens + T * torch.arange(B)[:, None, None]) * T + tokens[..., -1:]).reshape(-1)
         rows = torch.unique(tokens[mask])
         slot = torch.full((T,), -1, dtype=torch.long)
         slot[rows] = torch.arange(len(rows))
         return Batch(tokens, mask, r, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact, T,
-                     w_idx, rows, slot)
+                     rows, slot, *_chunks(tokens.numpy(), mask.numpy(), [len(s) for s in runs], slot.numpy(), T))
+
+
+CHUNKS = 4
+"""Chunks of rows per run that the compiled pass runs in parallel (fixed: results do not
+depend on the thread count)."""
+
+
+def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.ndarray, T: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """``order``, ``bounds``, ``dest``, ``sums`` and ``n_part`` of ``Batch`` (see there). Run
+    ``b`` has ``sizes[b]`` rows, then padding (which the last chunk computes, with no
+    gradient), so its chunks are those it has when trained alone."""
+    B, n, L = tokens.shape
+    bounds = np.array([[size * c // CHUNKS for c in range(CHUNKS)] + [n] for size in sizes])
+    order = np.tile(np.arange(n), (B, 1))
+    dest = np.zeros((B, CHUNKS, T), dtype=np.int64)
+    runs = []
+    for b in range(B):
+        size = sizes[b]
+        count = np.bincount(tokens[b, :size][mask[b, :size]], minlength=T)
+        key = np.where(mask[b, :size], count[tokens[b, :size]] * T + tokens[b, :size], count.max() * T + T).min(1)
+        order[b, :size] = np.argsort(key, kind="stable")
+        used = np.zeros((CHUNKS, T), dtype=bool)
+        for c in range(CHUNKS):
+            rows = order[b, bounds[b, c]:min(bounds[b, c + 1], size)]
+            used[c, tokens[b, rows][mask[b, rows]]] = True
+        dest[b] = slot[None, :]
+        shared = []
+        for t in np.nonzero(used.sum(0) > 1)[0]:
+            parts = [-1] * CHUNKS
+            for c in np.nonzero(used[:, t])[0]:
+                parts[c] = len(shared) * CHUNKS + c
+                dest[b, c, t] = -1 - parts[c]
+            shared.append([slot[t]] + parts)
+        runs.append(shared)
+    k = max(len(x) for x in runs)
+    sums = np.full((B, k, 1 + CHUNKS), -1, dtype=np.int64)
+    for b, shared in enumerate(runs):
+        if shared:
+            sums[b, :len(shared)] = shared
+    return order, bounds, dest, sums, k * CHUNKS
 
 
 def _check_inputs(runs: list[Samples], rhos: list[torch.Tensor], T: int) -> None:
@@ -142,9 +203,9 @@ def whole(g_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
     """``S = softmax(X^T W x_L)`` for every row (Sec. 2)."""
-    xx = batch.r * batch.r[..., -1:]
-    scores = W.reshape(-1)[batch.w_idx].view_as(xx) * xx
-    return torch.softmax(scores.masked_fill(~batch.mask, float("-inf")), -1)
+    S = torch.empty(batch.r.shape, dtype=W.dtype)
+    _attention(batch.tokens.numpy(), batch.r.numpy(), W.detach().contiguous().numpy(), S.numpy())
+    return S
 
 
 def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
@@ -162,83 +223,253 @@ def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool =
     if V.dtype != batch.r.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.r.dtype}")
     S = attention(W, batch) if S is None else S
-    a = (S * batch.r).detach().contiguous()
     z = torch.empty(B, n, T, dtype=V.dtype)
     ce = torch.empty(B, n, dtype=V.dtype)
+    loss = torch.empty(B, dtype=V.dtype)
     gV = torch.zeros(B, len(batch.rows) if grad else 0, m, T, dtype=V.dtype)
-    da = torch.zeros_like(a)
-    _rows(batch.tokens.numpy(), a.numpy(), V.detach().contiguous().numpy(), batch.y_idx.view(B, n, -1).numpy(),
-          batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad, grad and grad_W, batch.slot.numpy(),
-          z.numpy(), ce.numpy(), gV.numpy(), da.numpy())
-    out = Pass((batch.w * ce).sum(1), ce, S, z)
+    part = np.zeros((B, batch.n_part if grad else 0, m, T), dtype=gV.numpy().dtype)
+    gW = torch.zeros(B, T, T if grad and grad_W else 0, dtype=V.dtype)
+    dscore = np.zeros((B, n, L), dtype=part.dtype)
+    _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.r.numpy(), V.detach().contiguous().numpy(),
+          batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad,
+          batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part, dscore)
+    _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore, grad, grad and grad_W, batch.sums, part,
+            loss.numpy(), gV.numpy(), gW.numpy())
+    out = Pass(loss, ce, S, z)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
-        dS = da * batch.r
-        dscore = S * (dS - (S * dS).sum(-1, keepdim=True)) * batch.r * batch.r[..., -1:]
-        out.gW = torch.zeros(B * T * T, dtype=V.dtype).index_add_(0, batch.w_idx, dscore.reshape(-1)).view(B, T, T)
+        out.gW = gW
     return out
 
 
-@njit(cache=True, fastmath={"reassoc", "contract", "arcp"}, boundscheck=False)
-def _rows(tok: np.ndarray, a: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
-          w: np.ndarray, lam: float, grad: bool, grad_a: bool, slot: np.ndarray,
-          z: np.ndarray, ce: np.ndarray, gV: np.ndarray, da: np.ndarray) -> None:  # pragma: no cover
-    """The loop behind ``run``: for every row ``i`` of every run ``b``, the pre-activations
-    ``pre[n, j] = sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)``
-    (Sec. 2), the cross-entropy, and (``grad``) Lemma 1's ``dL/dV`` rows and
-    ``dL/da_l = sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (``grad_a``), written into the
-    output arrays ``z``, ``ce``, ``gV`` (zeroed by the caller; its row ``slot[t]`` holds
-    ``dL/dV[b, t]``) and ``da``."""
+def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | None = None) -> None:
+    """The gradient step ``p <- p - eta g`` in place (Sec. 4); with ``rows``, ``G`` (B, U, ...)
+    holds the gradient of the rows ``rows`` of ``P`` (B, T, ...) and only those change."""
+    B, T = P.shape[:2]
+    rows = torch.arange(T) if rows is None else rows
+    _descend(P.view(B, T, -1).numpy(), G.reshape(B, len(rows), -1).numpy(), rows.numpy(), eta)
+
+
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdlibm's split of log 2
+INV_LN2 = 1.44269504088896338700e+00
+
+
+TWO_POW = np.ldexp(1.0, np.arange(-1075, 1))
+"""``2^k`` for ``k = -1075 .. 0`` (exact; the first is 0): the scaling step of ``_exp``."""
+
+
+@njit(cache=True, boundscheck=False)
+def _exp(x: float) -> float:  # pragma: no cover
+    """``e^x`` in float64 for ``x <= 0`` (softmax arguments), to about 1 ulp, from IEEE
+    operations only: ``x = k log 2 + r`` with ``|r| <= log(2) / 2``, the degree-13 Taylor
+    polynomial of ``e^r`` in Horner form, times ``2^k`` from a table. Written without
+    branches or loops so that loops calling it vectorise."""
+    y = max(x, -745.0)                                      # e^-745 is below the smallest double
+    k = math.floor(y * INV_LN2 + 0.5)
+    r = (y - k * LN2_HI) - k * LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    e = p * TWO_POW[int(k) + 1075]
+    return e if x == x else x                              # NaN stays NaN
+
+
+@njit(cache=True, boundscheck=False)
+def _sum(x: np.ndarray) -> float:  # pragma: no cover
+    """``sum_j x_j`` in a fixed order that compilers can vectorise without reassociating:
+    eight running sums over ``j mod 8``, then added pairwise."""
+    s = np.zeros(8, x.dtype)
+    n8 = len(x) // 8 * 8
+    for j0 in range(0, n8, 8):
+        for q in range(8):
+            s[q] += x[j0 + q]
+    for j in range(n8, len(x)):
+        s[j - n8] += x[j]
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
+
+@njit(cache=True)
+def _log(x: float) -> float:  # pragma: no cover
+    """``log x`` in float64 for ``x > 0``, to about 1 ulp, from IEEE operations only:
+    ``x = 2^e f`` with ``f`` in ``[sqrt(1/2), sqrt(2))`` and ``log f = 2 atanh(s)``,
+    ``s = (f - 1) / (f + 1)``, ``|s| < 0.172``, by its odd series to ``s^23``."""
+    f, e = math.frexp(x)
+    if f < 0.7071067811865476:
+        f, e = 2.0 * f, e - 1
+    s = (f - 1.0) / (f + 1.0)
+    s2 = s * s
+    p = 1.0 / 23.0
+    for d in (21.0, 19.0, 17.0, 15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0, 1.0):
+        p = p * s2 + 1.0 / d
+    return (e * LN2_HI + 2.0 * s * p) + e * LN2_LO
+
+
+@njit(cache=True, boundscheck=False)
+def _attention(tok: np.ndarray, r: np.ndarray, W: np.ndarray, S: np.ndarray) -> None:  # pragma: no cover
+    """``S_l = softmax_l(W[b, t_l, t_L] rho_l rho_L)`` over the real tokens (``r > 0``) of every
+    row (Sec. 2), in float64, written into ``S``."""
     B, n, L = tok.shape
-    T, m = V.shape[1], V.shape[2]
-    pre = np.empty((m, T), V.dtype)
-    g = np.empty(T, V.dtype)
-    zero = pre.dtype.type(0)
+    e = np.empty(L)
     for b in range(B):
         for i in range(n):
-            pre[:] = zero
+            rL, tL = r[b, i, L - 1], tok[b, i, L - 1]
+            mx = -np.inf
             for l in range(L):
-                al, Vl = a[b, i, l], V[b, tok[b, i, l]]
-                if al != 0:
-                    for q in range(m):
-                        for j in range(T):
-                            pre[q, j] += al * Vl[q, j]
-            zi = z[b, i]
-            zi[:] = zero
-            for q in range(m):
-                for j in range(T):
-                    zi[j] += max(pre[q, j], zero)
-            for j in range(T):
-                zi[j] *= lam
-            mx = zi.max()
-            se = zero
-            for j in range(T):
-                g[j] = np.exp(zi[j] - mx)
-                se += g[j]
-            lse = mx + np.log(se)
-            c = zero
-            for k in range(y_idx.shape[2]):
-                c -= y_prob[b, i, k] * (zi[y_idx[b, i, k]] - lse)
-            ce[b, i] = c
-            if not grad or w[b, i] == 0:
-                continue
-            g /= se                                        # p
-            for k in range(y_idx.shape[2]):
-                g[y_idx[b, i, k]] -= y_prob[b, i, k]       # p - y
-            g *= lam * w[b, i]
-            for q in range(m):                             # pre <- g_j 1[pre > 0]
-                for j in range(T):
-                    pre[q, j] = g[j] if pre[q, j] > 0 else zero
+                if r[b, i, l] != 0:
+                    e[l] = W[b, tok[b, i, l], tL] * (r[b, i, l] * rL)
+                    mx = max(mx, e[l])
+            se = 0.0
             for l in range(L):
-                al = a[b, i, l]
-                if al == 0:
-                    continue
-                Vl, gl = V[b, tok[b, i, l]], gV[b, slot[tok[b, i, l]]]
-                acc = zero
-                for q in range(m):
-                    for j in range(T):
-                        gl[q, j] += al * pre[q, j]
-                        acc += pre[q, j] * Vl[q, j]
-                if grad_a:
-                    da[b, i, l] = acc
+                if r[b, i, l] != 0:
+                    e[l] = _exp(e[l] - mx)
+                    se += e[l]
+            for l in range(L):
+                S[b, i, l] = e[l] / se if r[b, i, l] != 0 else 0.0
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _rows(tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
+          w: np.ndarray, lam: float, grad: bool, order: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
+          z: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray) -> None:  # pragma: no cover
+    """The parallel loop behind ``run``, one task per chunk of rows of a run (``Batch``); per row
+    see ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its
+    own partial rows in ``part`` (shared rows), both zeroed by the caller."""
+    B, C = dest.shape[:2]
+    for task in prange(B * C):
+        b, c = task // C, task % C
+        T, m, L = V.shape[1], V.shape[2], tok.shape[2]
+        pre = np.empty((m, T), V.dtype)
+        buf = np.empty(T, V.dtype)
+        g = np.empty(T)
+        a = np.empty(L, V.dtype)
+        for ii in range(bounds[b, c], bounds[b, c + 1]):
+            _row(b, order[b, ii], tok, S, r, V, y_idx, y_prob, w, lam, grad, dest[b, c], z, ce, gV, part, dscore,
+                 pre, buf, g, a)
+
+
+@njit(cache=True, boundscheck=False)
+def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
+         y_prob: np.ndarray, w: np.ndarray, lam: float, grad: bool, dest: np.ndarray, z: np.ndarray, ce: np.ndarray,
+         gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray, buf: np.ndarray, g: np.ndarray,
+         a: np.ndarray) -> None:  # pragma: no cover
+    """Row ``i`` of run ``b``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] =
+    sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2) and the
+    cross-entropy; with ``grad``, Lemma 1's ``dL/dV[b, t_l] += a_l g_j 1[pre > 0]`` (into
+    ``gV`` or ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l
+    rho_L`` with ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (the scores'
+    gradient, Lemma 1). Sums over ``j`` run elementwise or through ``_sum``, over ``n`` and
+    ``l`` in index order. ``pre``, ``buf``, ``g``, ``a`` are work buffers."""
+    T, m, L = V.shape[1], V.shape[2], tok.shape[2]
+    zero = pre.dtype.type(0)
+    pre[:] = zero
+    for l in range(L):
+        a[l] = S[b, i, l] * r[b, i, l]
+        al, Vl = a[l], V[b, tok[b, i, l]]
+        if al != 0:
+            for k in range(m):
+                for j in range(T):
+                    pre[k, j] += al * Vl[k, j]
+    zi = z[b, i]
+    zi[:] = zero
+    for k in range(m):
+        for j in range(T):
+            zi[j] += max(pre[k, j], zero)
+    for j in range(T):
+        zi[j] *= lam
+    mx = float(zi.max())
+    for j in range(T):
+        g[j] = _exp(zi[j] - mx)
+    se = _sum(g)
+    lse = mx + _log(se)
+    c = 0.0
+    for k in range(y_idx.shape[2]):
+        c -= y_prob[b, i, k] * (zi[y_idx[b, i, k]] - lse)
+    ce[b, i] = c
+    if not grad or w[b, i] == 0:
+        return
+    for j in range(T):
+        g[j] /= se                                     # p
+    for k in range(y_idx.shape[2]):
+        g[y_idx[b, i, k]] -= y_prob[b, i, k]           # p - y
+    gw = lam * w[b, i]
+    for j in range(T):
+        buf[j] = g[j] * gw
+    for k in range(m):                                 # pre <- g_j 1[pre > 0]
+        for j in range(T):
+            pre[k, j] = buf[j] if pre[k, j] > 0 else zero
+    sdS = zero
+    for l in range(L):
+        al = a[l]
+        dscore[b, i, l] = zero
+        if al == 0:
+            continue
+        t = tok[b, i, l]
+        Vl, d = V[b, t], dest[t]
+        gl = gV[b, d] if d >= 0 else part[b, -1 - d]
+        buf[:] = zero
+        for k in range(m):
+            for j in range(T):
+                gl[k, j] += al * pre[k, j]
+                buf[j] += pre[k, j] * Vl[k, j]
+        dscore[b, i, l] = _sum(buf) * r[b, i, l]           # dS_l
+        sdS += S[b, i, l] * dscore[b, i, l]
+    rL = r[b, i, L - 1]
+    for l in range(L):
+        if a[l] != 0:
+            dscore[b, i, l] = S[b, i, l] * (dscore[b, i, l] - sdS) * r[b, i, l] * rL
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _gather(tok: np.ndarray, w: np.ndarray, ce: np.ndarray, dscore: np.ndarray, grad: bool, grad_W: bool,
+            sums: np.ndarray, part: np.ndarray, loss: np.ndarray, gV: np.ndarray, gW: np.ndarray
+            ) -> None:  # pragma: no cover
+    """After ``_rows``: the loss ``sum_i w_i CE_i`` of each run, the shared rows of ``dL/dV``
+    as the sum of their chunks' partials in chunk order, and ``dL/dW[b, t_l, t_L] +=
+    dscore_l`` in row order (Lemma 1)."""
+    B, n, L = tok.shape
+    for b in prange(B):
+        total = 0.0
+        for i in range(n):
+            total += w[b, i] * ce[b, i]
+        loss[b] = total
+        if grad_W:
+            for i in range(n):
+                for l in range(L):
+                    gW[b, tok[b, i, l], tok[b, i, L - 1]] += dscore[b, i, l]
+    if not grad:
+        return
+    K, C = sums.shape[1], sums.shape[2] - 1
+    for task in prange(B * K):
+        b, k = task // K, task % K
+        if sums[b, k, 0] < 0:
+            continue
+        out = gV[b, sums[b, k, 0]]
+        for c in range(C):
+            if sums[b, k, 1 + c] >= 0:
+                p = part[b, sums[b, k, 1 + c]]
+                for q in range(out.shape[0]):
+                    for j in range(out.shape[1]):
+                        out[q, j] += p[q, j]
+
+
+@njit(cache=True, boundscheck=False)
+def _descend(P: np.ndarray, G: np.ndarray, rows: np.ndarray, eta: float) -> None:  # pragma: no cover
+    """``P[b, rows[u]] -= eta G[b, u]`` for every run ``b`` and row ``u`` (the step of Sec. 4)."""
+    step = P.dtype.type(-eta)
+    for b in range(P.shape[0]):
+        for u in range(len(rows)):
+            p, g = P[b, rows[u]], G[b, u]
+            for k in range(P.shape[2]):
+                p[k] += g[k] * step

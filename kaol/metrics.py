@@ -2,8 +2,11 @@
 the fine-tuning gradient's spectrum (Prop. 3) and its best rank-1 approximation (App. H)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from numba import njit
 
 from .data import ANS_FREQ, ANS_RARE, CTX_FREQ, CTX_RARE, KnowledgeData, Vocab
 from .fast import Batch
@@ -14,13 +17,16 @@ push of input token x on the logit of y, averaged over the facts' pairs."""
 
 
 def loss_by_kind(ce: torch.Tensor, batch: Batch) -> np.ndarray:
-    """Weighted mean cross-entropy of each sample kind (``kaol.data.KIND_NAMES``), (B, 5); NaN if absent."""
+    """Weighted mean cross-entropy of each sample kind (``kaol.data.KIND_NAMES``), (B, 5); NaN if absent.
+    Sums are exactly rounded (``math.fsum``), so the result does not depend on the CPU."""
     out = np.full((ce.shape[0], 5), np.nan)
-    for k in range(5):
-        sel = batch.kind == k
-        w = (batch.w * sel).sum(1)
-        ok = w > 0
-        out[ok.numpy(), k] = ((batch.w * ce * sel).sum(1)[ok] / w[ok]).numpy()
+    wce, w, kind = (batch.w * ce).double().numpy(), batch.w.double().numpy(), batch.kind.numpy()
+    for b in range(ce.shape[0]):
+        for k in range(5):
+            sel = kind[b] == k
+            tot = math.fsum(w[b, sel])
+            if tot > 0:
+                out[b, k] = math.fsum(wce[b, sel]) / tot
     return out
 
 
@@ -32,32 +38,42 @@ def token_kinds(v: Vocab) -> torch.Tensor:
 
 def attention_mass(S: torch.Tensor, batch: Batch, v: Vocab) -> np.ndarray:
     """Mean attention on the c, s and r tokens (B, 2, 3): row 0 for the ``(c, s)`` inputs,
-    row 1 for the ``(c, s, r)`` inputs (Prop. 1)."""
-    tk = token_kinds(v)[batch.tokens] * batch.mask + 3 * ~batch.mask
+    row 1 for the ``(c, s, r)`` inputs (Prop. 1). Sums over a row's tokens run in order,
+    over rows exactly rounded (``math.fsum``)."""
+    tk = (token_kinds(v)[batch.tokens] * batch.mask + 3 * ~batch.mask).numpy()
+    Sd, kind = S.double().numpy(), batch.kind.numpy()
     out = np.zeros((S.shape[0], 2, 3))
-    for row, kinds in enumerate([(CTX_FREQ, CTX_RARE), (ANS_FREQ, ANS_RARE)]):
-        sel = (batch.kind == kinds[0]) | (batch.kind == kinds[1])
-        cnt = sel.sum(1).clamp_min(1)
-        for c in range(3):
-            out[:, row, c] = (((S * (tk == c)).sum(-1) * sel).sum(1) / cnt).numpy()
+    for c in range(3):
+        mass = np.zeros(kind.shape)
+        for l in range(Sd.shape[2]):
+            mass += np.where(tk[..., l] == c, Sd[..., l], 0.0)
+        for row, kinds in enumerate([(CTX_FREQ, CTX_RARE), (ANS_FREQ, ANS_RARE)]):
+            for b in range(S.shape[0]):
+                sel = (kind[b] == kinds[0]) | (kind[b] == kinds[1])
+                out[b, row, c] = math.fsum(mass[b, sel]) / max(int(sel.sum()), 1)
     return out
 
 
 def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
-    """Feature strengths of ``FEATURES`` for each run (B, 4), from ``V`` (B, T, m, T)."""
-    F = V.sum(2)                                    # (B, T_in, T_out): sum over the m neurons
+    """Feature strengths of ``FEATURES`` for each run (B, 4), from ``V`` (B, T, m, T): each
+    ``sum_n V[b, x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
     out = np.zeros((len(runs), len(FEATURES)))
+
+    def mean(Vb: torch.Tensor, x: list[int], y: list[int]) -> float:
+        cols = Vb[torch.tensor(x), :, torch.tensor(y)].double().numpy()       # (pairs, m)
+        F = cols[:, 0].copy()
+        for n in range(1, cols.shape[1]):
+            F += cols[:, n]
+        return math.fsum(F.tolist()) / len(F)
+
     for b, d in enumerate(runs):
-        v, f = d.vocab, F[b]
-        facts = np.arange(d.cfg.N)
+        v = d.vocab
+        facts = range(d.cfg.N)
         pairs = [(i, int(k)) for i in facts for k in d.phrases[i]]
-        si = torch.tensor([v.s(i) for i, _ in pairs])
-        rk = torch.tensor([v.r(k) for _, k in pairs])
-        ai = torch.tensor([v.a(i) for i, _ in pairs])
-        out[b, 0] = f[torch.tensor([v.s(int(i)) for i in facts]), torch.tensor([v.a(int(i)) for i in facts])].mean()
-        out[b, 1] = f[rk, ai].mean()
-        out[b, 2] = f[si, rk].mean()
-        out[b, 3] = f[v.c, torch.tensor([v.r(k) for k in range(d.cfg.R)])].mean() if v.context else np.nan
+        out[b, 0] = mean(V[b], [v.s(i) for i in facts], [v.a(i) for i in facts])
+        out[b, 1] = mean(V[b], [v.r(k) for _, k in pairs], [v.a(i) for i, _ in pairs])
+        out[b, 2] = mean(V[b], [v.s(i) for i, _ in pairs], [v.r(k) for _, k in pairs])
+        out[b, 3] = mean(V[b], [v.c] * d.cfg.R, [v.r(k) for k in range(d.cfg.R)]) if v.context else np.nan
     return out
 
 
@@ -83,15 +99,78 @@ def rank1(gV: torch.Tensor) -> torch.Tensor:
     (B, T, m, T) or given on some rows only (B, U, m, T): zero rows do not change it.
 
     With ``M`` the (inputs x neurons) matrix, ``u_1`` is the top eigenvector of the small Gram
-    matrix ``M M^T`` (inputs x inputs, eigendecomposed in float64) and ``sigma_1 u_1 v_1^T =
-    u_1 u_1^T M``: the same matrix as from an SVD of ``M``, about 9x faster at book scale.
+    matrix ``M M^T`` (inputs x inputs) and ``sigma_1 u_1 v_1^T = u_1 u_1^T M``: the same matrix
+    as from an SVD of ``M``. ``_rank1`` finds ``u_1`` by power iteration in float64 with every
+    sum in a fixed order, so the result is the same on every CPU.
     """
-    M, rows = _as_matrix(gV)
-    _, U = torch.linalg.eigh((M @ M.transpose(1, 2)).double())
-    u = U[..., -1:].to(M.dtype)
-    out = gV.new_zeros(gV.shape[0], gV.shape[1], M.shape[2])
-    out[:, rows] = u @ (u.transpose(1, 2) @ M)
-    return out.view_as(gV)
+    out = torch.empty_like(gV)
+    B, R = gV.shape[:2]
+    _rank1(gV.reshape(B, R, -1).numpy(), out.view(B, R, -1).numpy())
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def _rank1(M: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """``out[b] = u u^T M[b]`` with ``u`` the top eigenvector of ``M[b] M[b]^T`` restricted to the
+    non-zero rows of ``M[b]`` (see ``rank1``). The power iteration starts from the column of
+    largest diagonal of ``G^256`` (eight squarings of the Gram matrix ``G``) and stops when
+    ``u`` moves by less than 1e-13 (at most 10^4 steps)."""
+    B, R, K = M.shape
+    out[:] = 0
+    for b in range(B):
+        rows = np.array([i for i in range(R) if np.any(M[b, i] != 0)], dtype=np.int64)
+        U = len(rows)
+        if U == 0:
+            continue
+        Mt = np.empty((K, U))
+        for k in range(U):
+            for c in range(K):
+                Mt[c, k] = M[b, rows[k], c]
+        G = np.zeros((U, U))
+        for c in range(K):
+            for i in range(U):
+                x = Mt[c, i]
+                for k in range(U):
+                    G[i, k] += x * Mt[c, k]
+        A = G / np.abs(G).max()
+        for _ in range(8):                             # A ~ G^256: the top direction dominates
+            A2 = np.zeros((U, U))
+            for i in range(U):
+                for c in range(U):
+                    x = A[i, c]
+                    for k in range(U):
+                        A2[i, k] += x * A[c, k]
+            A = A2 / np.abs(A2).max()
+        top = 0
+        for i in range(U):
+            if A[i, i] > A[top, top]:
+                top = i
+        u = A[:, top] / math.sqrt(_dot(A[:, top], A[:, top]))
+        for _ in range(10000):
+            x = np.zeros(U)
+            for i in range(U):
+                x[i] = _dot(G[i], u)
+            x /= math.sqrt(_dot(x, x))
+            moved = np.abs(x - u).max()
+            u = x
+            if moved < 1e-13:
+                break
+        coef = np.zeros(K)                             # u^T M
+        for k in range(U):
+            for c in range(K):
+                coef[c] += u[k] * Mt[c, k]
+        for k in range(U):
+            for c in range(K):
+                out[b, rows[k], c] = u[k] * coef[c]
+
+
+@njit(cache=True)
+def _dot(x: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover
+    """``<x, y>`` summed in index order."""
+    s = 0.0
+    for i in range(len(x)):
+        s += x[i] * y[i]
+    return s
 
 
 def rank1_share(sv: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from . import checks
@@ -62,7 +63,9 @@ def init_params(cfg: ModelConfig, T: int, B: int = 1, seed: int | list[int] = 0)
     """Gaussian N(0, sigma0^2) initial parameters of ``B`` runs for a vocabulary of ``T``.
 
     ``seed`` is one seed per run (or one int, giving runs ``seed, seed+1, ...``); run
-    ``b`` depends on its own seed only, so a batched run equals the same run alone.
+    ``b`` depends on its own seed only, so a batched run equals the same run alone. The
+    draws come from numpy's PCG64 generator and its scalar ziggurat sampler, whose float64
+    output is the same on every CPU (torch's sampler is vectorised where AVX2 is present).
     """
     B = checks.integer("B", B, lo=1)
     T = checks.integer("T", T, lo=1)
@@ -81,10 +84,10 @@ def init_params(cfg: ModelConfig, T: int, B: int = 1, seed: int | list[int] = 0)
 
 
 def _init_one(cfg: ModelConfig, T: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(drawn(seed))
+    rng = np.random.default_rng(drawn(seed))
 
     def normal(*shape: int) -> torch.Tensor:
-        return (cfg.sigma0 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(cfg.dtype)
+        return torch.from_numpy(cfg.sigma0 * rng.standard_normal(shape)).to(cfg.dtype)
 
     if cfg.arch == "simplified":
         return {"W": normal(T, T), "V": normal(T, cfg.m, T)}

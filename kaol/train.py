@@ -243,28 +243,32 @@ def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool
     approximation for ``V`` when ``rank1``, App. H); a gradient given on some rows only
     (``out.rows``) updates just those rows."""
     for k, g in out.grads.items():
-        g = (metrics.rank1(g) if rank1 and k == "V" else g).mul_(-eta)   # in place: g is ours
-        if k in out.rows:
-            params[k].index_add_(1, out.rows[k], g)
-        else:
-            params[k].add_(g)
+        fast.descend(params[k], metrics.rank1(g) if rank1 and k == "V" else g, eta, out.rows.get(k))
 
 
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
           grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None) -> _Out:
-    """Loss and gradients of one full batch: exact sparse path or autograd."""
+    """Loss and gradients of one full batch: exact sparse path or autograd.
+
+    Autograd runs on one torch thread (the caller's setting is restored): torch splits
+    its reductions by thread count, so a different count would round differently."""
     if model.arch == "simplified":
         o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S)
         grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
         return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {})
-    leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
-    with torch.set_grad_enabled(grad):
-        logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
-        B, n, T = logits.shape
-        logp = torch.log_softmax(logits, -1).view(B * n, T)
-        ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
-        loss = (batch.w * ce).sum(1)
-    grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
+        with torch.set_grad_enabled(grad):
+            logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
+            B, n, T = logits.shape
+            logp = torch.log_softmax(logits, -1).view(B * n, T)
+            ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
+            loss = (batch.w * ce).sum(1)
+        grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}
+    finally:
+        torch.set_num_threads(threads)
     return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), grads)
 
 
