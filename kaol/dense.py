@@ -30,6 +30,7 @@ import torch
 
 from .data import ANS_FREQ, ANS_RARE, KnowledgeData, Samples
 from .model import ModelConfig, init_params
+from .objective import cross_entropy, weighted_mean
 from .train import Schedule
 
 
@@ -131,10 +132,7 @@ def forward(p: DenseParams, X: torch.Tensor, mask: torch.Tensor, lam: float) -> 
 def loss(p: DenseParams, X: torch.Tensor, s: Samples, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean cross-entropy ``sum_i w_i CE_i / sum_i w_i`` (Sec. 3, App. J) and the logits."""
     z, _ = forward(p, X, s.mask, lam)
-    logp = torch.log_softmax(z, -1)
-    ce = -(s.y_prob.to(z.dtype) * logp.gather(1, s.y_idx)).sum(1)
-    w = s.weight.to(z.dtype)
-    return (w * ce).sum() / w.sum(), z
+    return weighted_mean(cross_entropy(z, s.y_idx, s.y_prob), s.weight), z
 
 
 def answer_accuracy(z: torch.Tensor, s: Samples) -> float:

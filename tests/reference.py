@@ -7,6 +7,7 @@ import torch
 
 from kaol.data import DataConfig, KnowledgeData, Samples
 from kaol.model import ModelConfig, forward
+from kaol.objective import cross_entropy, weighted_mean
 
 SMALL = DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=3)
 """A small data set (vocabulary of 25 tokens) that keeps every test fast."""
@@ -55,10 +56,7 @@ def autograd_one(model: ModelConfig, W: torch.Tensor, V: torch.Tensor, s: Sample
     """Loss (weighted mean CE, App. J) and autograd gradients of one run's samples, via ``kaol.model.forward``."""
     Wl, Vl = W.detach().clone()[None].requires_grad_(True), V.detach().clone()[None].requires_grad_(True)
     logits, _ = forward(model, {"W": Wl, "V": Vl}, s.tokens, s.mask, rho)
-    logp = torch.log_softmax(logits[0], -1)
-    ce = -(s.y_prob.to(logp.dtype) * logp.gather(1, s.y_idx)).sum(1)
-    w = s.weight.to(logp.dtype)
-    loss = (w * ce).sum() / w.sum()
+    loss = weighted_mean(cross_entropy(logits[0], s.y_idx, s.y_prob), s.weight)
     gW, gV = torch.autograd.grad(loss, [Wl, Vl])
     return float(loss.detach()), gW[0], gV[0]
 
