@@ -8,15 +8,18 @@ Usage::
 The rows are the ids of :data:`kaol.claims.CLAIMS`, then any other id a chapter records.
 For an id that an executed chapter recorded (``kaol.claims.record``) the paper, ours and
 verdict cells are ``{glue:text}`` references into that notebook, so the values shown are
-the ones the chapter computed when the book is built; the last cell links to the label
-``(claim-<id>)=`` in the chapter (or to the chapter when it has no such label). An id no
-chapter records yet is listed as "not yet checked". Re-run after executing a chapter.
+the ones the chapter computed when the book is built; the claim cell ends with a link to the
+label ``(claim-<id>)=`` in the chapter (or to the chapter when it has no such label) and
+typesets the claim's notation as math (``MATH``). An id no chapter records yet is listed as
+"not yet checked". Re-run after executing a chapter. The table has five columns so that it
+fits the page at a 1280 px window (``tests/browser`` fails on a table wider than the page).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from ast import literal_eval
@@ -30,21 +33,31 @@ BOOK = ROOT / "book"
 PAGE = BOOK / "claims.md"
 GLUE_PREFIX = "application/papermill.record/"
 KEY = re.compile(r"claim-(?P<id>[a-z0-9-]+?)-verdict")
+# The plain-text notation of the claim statements (kaol.claims.CLAIMS) and its TeX: the
+# bound, the products and N~_f, then a lone token or size letter (not "App H", "App K").
+BOUND = "exp(-N~_f K^2 log R / (2 R^2))"
+TEX = {BOUND: r"\exp\!\big(-\tilde N_f K^2 \log R / (2R^2)\big)", "W q": "Wq", "N~_f": r"\tilde N_f"}
+MATH = re.compile("|".join(map(re.escape, TEX)) + r"|(?<![\w'])(?<!App )[HKRcqrs](?![\w'])")
 
 HEADER = """# Claims
 
 Every claim of {cite:t}`xu2025filtering` that the book checks, in the paper's order: what
 the paper states, what our runs measured, and the verdict (*reproduced*, *partly*, *not*).
 The values are pasted from the executed chapters (`kaol.claims.record` glues them next to
-the `assert` that checks the claim); none is typed on this page. Follow the last column to
-the check.
+the `assert` that checks the claim); none is typed on this page. The link after each claim
+opens its check.
 
 This page is written by `scripts/claims_page.py` from the executed notebooks; `pytest`
 fails when it is out of date.
 
-| | claim | paper | ours | verdict | checked in |
-|---|---|---|---|---|---|
+| | claim | paper | ours | verdict |
+|---|---|---|---|---|
 """
+
+
+def with_math(claim: str) -> str:
+    """``claim`` with its notation typeset: ``N~_f`` becomes ``$\\tilde N_f$``, ``K`` ``$K$``."""
+    return MATH.sub(lambda m: f"${TEX.get(m[0], m[0])}$", claim)
 
 
 def recorded(book: Path = BOOK) -> dict[str, dict]:
@@ -78,12 +91,12 @@ def recorded(book: Path = BOOK) -> dict[str, dict]:
 def row(n: int, cid: str, claim: str, where: dict | None) -> str:
     """One table row: glue references if the claim is recorded, a placeholder otherwise."""
     if where is None:
-        return f"| {n} | {claim} | | | not yet checked | |"
+        return f"| {n} | {with_math(claim)} | | | not yet checked |"
     nb = where["notebook"]
     cells = [f"{{glue:text}}`{nb}::{glue_name(cid, f)}:s`" for f in ("paper", "ours", "verdict")]
     link = (f"{{ref}}`{where['title']} <claim-{cid}>`" if where["label"]
             else f"{{doc}}`{where['title']} <{Path(nb).stem}>`")
-    return f"| {n} | {claim} | {' | '.join(cells)} | {link} |"
+    return f"| {n} | {with_math(claim)}; checked in {link} | {' | '.join(cells)} |"
 
 
 def page(book: Path = BOOK) -> str:
@@ -104,7 +117,9 @@ def main(argv: list[str]) -> int:
             print(f"{PAGE.relative_to(ROOT)} is out of date: run python scripts/claims_page.py")
             return 1
         return 0
-    PAGE.write_text(text, encoding="utf-8")
+    tmp = PAGE.with_name(f".{PAGE.name}.tmp")  # written whole, then renamed: never half a page
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, PAGE)
     missing = [cid for cid in CLAIMS if cid not in recorded()]
     print(f"wrote {PAGE.relative_to(ROOT)}: {len(CLAIMS) - len(missing)}/{len(CLAIMS)} claims recorded"
           + (f"; not yet: {', '.join(missing)}" if missing else ""))

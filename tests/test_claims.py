@@ -58,13 +58,24 @@ def fake_chapter(folder: Path, label: bool) -> None:
 def test_claims_page_rows(tmp_path: Path, label: bool) -> None:
     fake_chapter(tmp_path, label)
     lines = claims_page.page(tmp_path).splitlines()
-    row = next(line for line in lines if claims.CLAIMS["ood-r"] in line)
+    row = next(line for line in lines if claims_page.with_math(claims.CLAIMS["ood-r"]) in line)
     assert "{glue:text}`06_experiments.ipynb::claim-ood-r-ours:s`" in row
-    assert "{glue:text}`06_experiments.ipynb::claim-ood-r-verdict:s`" in row
-    assert row.endswith("{ref}`Experiments <claim-ood-r>` |" if label else "{doc}`Experiments <06_experiments>` |")
-    assert lines[-1].startswith(f"| {len(claims.CLAIMS) + 1} | a claim |")  # recorded, not in CLAIMS
-    other = next(line for line in lines if claims.CLAIMS["pt-loss-entropy"] in line)
+    assert row.endswith("{glue:text}`06_experiments.ipynb::claim-ood-r-verdict:s` |")
+    link = "{ref}`Experiments <claim-ood-r>`" if label else "{doc}`Experiments <06_experiments>`"
+    assert f"; checked in {link} |" in row
+    assert lines[-1].startswith(f"| {len(claims.CLAIMS) + 1} | a claim; checked in ")  # recorded, not in CLAIMS
+    other = next(line for line in lines if claims_page.with_math(claims.CLAIMS["pt-loss-entropy"]) in line)
     assert "not yet checked" in other and "glue" not in other
+    assert all(line.count("|") == 6 for line in lines if line.startswith("|"))  # five columns: fits the page
+
+
+def test_claims_notation_as_math() -> None:
+    assert claims_page.with_math("OOD error bound exp(-N~_f K^2 log R / (2 R^2)) (Thm 2)") == \
+        r"OOD error bound $\exp\!\big(-\tilde N_f K^2 \log R / (2R^2)\big)$ (Thm 2)"
+    assert claims_page.with_math("q is never a query: W q stays, on s and r (App H, App K)") == \
+        "$q$ is never a query: $Wq$ stays, on $s$ and $r$ (App H, App K)"
+    assert claims_page.with_math("Rank-1 FT with N~_f and K; Theorem 2's bound") == \
+        r"Rank-1 FT with $\tilde N_f$ and $K$; Theorem 2's bound"
 
 
 def test_claims_page_is_up_to_date() -> None:
