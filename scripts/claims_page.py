@@ -34,9 +34,10 @@ PAGE = BOOK / "claims.md"
 GLUE_PREFIX = "application/papermill.record/"
 KEY = re.compile(r"claim-(?P<id>[a-z0-9-]+?)-verdict")
 # The plain-text notation of the claim statements (kaol.claims.CLAIMS) and its TeX: the
-# bound, the products and N~_f, then a lone token or size letter (not "App H", "App K").
+# bound (as a power of e: math does not wrap, and exp(...) made the table too wide), the
+# product W q and N~_f, then a lone token or size letter (not "App H", "App K").
 BOUND = "exp(-N~_f K^2 log R / (2 R^2))"
-TEX = {BOUND: r"\exp\!\big(-\tilde N_f K^2 \log R / (2R^2)\big)", "W q": "Wq", "N~_f": r"\tilde N_f"}
+TEX = {BOUND: r"e^{-\tilde N_f K^2 \log R / (2R^2)}", "W q": "Wq", "N~_f": r"\tilde N_f"}
 MATH = re.compile("|".join(map(re.escape, TEX)) + r"|(?<![\w'])(?<!App )[HKRcqrs](?![\w'])")
 
 HEADER = """# Claims

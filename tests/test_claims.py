@@ -71,7 +71,7 @@ def test_claims_page_rows(tmp_path: Path, label: bool) -> None:
 
 def test_claims_notation_as_math() -> None:
     assert claims_page.with_math("OOD error bound exp(-N~_f K^2 log R / (2 R^2)) (Thm 2)") == \
-        r"OOD error bound $\exp\!\big(-\tilde N_f K^2 \log R / (2R^2)\big)$ (Thm 2)"
+        r"OOD error bound $e^{-\tilde N_f K^2 \log R / (2R^2)}$ (Thm 2)"
     assert claims_page.with_math("q is never a query: W q stays, on s and r (App H, App K)") == \
         "$q$ is never a query: $Wq$ stays, on $s$ and $r$ (App H, App K)"
     assert claims_page.with_math("Rank-1 FT with N~_f and K; Theorem 2's bound") == \
