@@ -286,7 +286,7 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     tab.route("**/*", route)
     tab.add_init_script("performance.setResourceTimingBufferSize(100000)")  # weigh every request
     url = urljoin(base, page.as_posix())
-    tab.goto(url, wait_until="load")
+    tab.goto(url, wait_until="load", timeout=90_000)  # pages with plotly.js weigh 10 MB: slow on a busy machine
     if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
         tab.wait_for_url(lambda u: u != url, timeout=8000)   # index.html: a redirect stub; check its target
         tab.wait_for_load_state("load")
