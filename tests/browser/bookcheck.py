@@ -286,7 +286,7 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     tab.route("**/*", route)
     tab.add_init_script("performance.setResourceTimingBufferSize(100000)")  # weigh every request
     url = urljoin(base, page.as_posix())
-    tab.goto(url, wait_until="load", timeout=90_000)  # pages with plotly.js weigh 10 MB: slow on a busy machine
+    tab.goto(url, wait_until="load")
     if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
         tab.wait_for_url(lambda u: u != url, timeout=8000)   # index.html: a redirect stub; check its target
         tab.wait_for_load_state("load")
@@ -390,6 +390,7 @@ def run(html: Path = HTML, shots: Path | None = None) -> list[PageReport]:
     with serve(html) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})  # fresh profile
+        context.set_default_navigation_timeout(90_000)  # pages with plotly.js weigh 10 MB: slow on a busy machine
         reports = []
         for page in pages(html):
             report = check_page(context, html, base, page)
@@ -401,6 +402,7 @@ def run(html: Path = HTML, shots: Path | None = None) -> list[PageReport]:
 
 
 def failed(report: PageReport) -> bool:
+    """True if any check of ``CHECKS`` found something on the page."""
     return any(getattr(report, check) for check in CHECKS)
 
 
