@@ -288,7 +288,7 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     url = urljoin(base, page.as_posix())
     tab.goto(url, wait_until="load")
     if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
-        tab.wait_for_url(lambda u: u != url, timeout=8000)   # index.html: a redirect stub; check its target
+        tab.wait_for_url(lambda u: u != url)   # index.html: a redirect stub; check its target
         tab.wait_for_load_state("load")
     try:  # plotly draws after load; give it a few seconds
         tab.wait_for_function("() => [...document.querySelectorAll('.plotly-graph-div')]"
@@ -296,7 +296,7 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     except Exception:
         pass
     try:  # the widget manager draws the views after load
-        tab.wait_for_function(WIDGETS_DRAWN, timeout=8000)
+        tab.wait_for_function(WIDGETS_DRAWN, timeout=30_000)
     except Exception:
         pass
     math_failure = wait_for_math(tab)
