@@ -286,7 +286,12 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     tab.route("**/*", route)
     tab.add_init_script("performance.setResourceTimingBufferSize(100000)")  # weigh every request
     url = urljoin(base, page.as_posix())
-    tab.goto(url, wait_until="load")
+    try:
+        tab.goto(url, wait_until="load")
+    except Exception as exc:  # a page that never loads is one failure; the other pages are still checked
+        report.failures.append(f"page did not load: {str(exc).splitlines()[0]}")
+        tab.close()
+        return report
     if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
         tab.wait_for_url(lambda u: u != url)   # index.html: a redirect stub; check its target
         tab.wait_for_load_state("load")
