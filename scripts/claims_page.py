@@ -14,9 +14,11 @@ with the seeds.
 The rows are the ids of :data:`kaol.claims.CLAIMS`, then any other id a chapter records.
 For an id that an executed chapter recorded (``kaol.claims.record``) the paper, ours and
 verdict cells are ``{glue:text}`` references into that notebook, so the values shown are
-the ones the chapter computed when the book is built; the last cell links to the label
-``(claim-<id>)=`` in the chapter (or to the chapter when it has no such label). An id no
-chapter records yet is listed as "not yet checked". Re-run after executing a chapter.
+the ones the chapter computed when the book is built; the claim cell ends with a link to the
+label ``(claim-<id>)=`` in the chapter (or to the chapter when it has no such label) and
+typesets the claim's notation as math (``MATH``). An id no chapter records yet is listed as
+"not yet checked". Re-run after executing a chapter. The table has five columns so that it
+fits the page at a 1280 px window (``tests/browser`` fails on a table wider than the page).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ from kaol.claims import CLAIMS, FIELDS, VERDICTS, glue_name  # noqa: E402
 BOOK = ROOT / "book"
 PAGE = BOOK / "claims.md"
 FRESH = ROOT / "results" / "claims_fresh_seeds.json"
+# The plain-text notation of the claim statements (kaol.claims.CLAIMS) and its TeX: the
+# bound (as a power of e: math does not wrap, and exp(...) made the table too wide), the
+# product W q and N~_f, then a lone token or size letter (not "App H", "App K").
+BOUND = "exp(-N~_f K^2 log R / (2 R^2))"
+TEX = {BOUND: r"e^{-\tilde N_f K^2 \log R / (2R^2)}", "W q": "Wq", "N~_f": r"\tilde N_f"}
+MATH = re.compile("|".join(map(re.escape, TEX)) + r"|(?<![\w'])(?<!App )[HKRcqrs](?![\w'])")
 GLUE_PREFIX = "application/papermill.record/"
 KEY = re.compile(r"claim-(?P<id>[a-z0-9-]+?)-verdict")
 
@@ -47,7 +55,7 @@ verdict. Each claim is one or more effects measured once per seed; an effect *ho
 its mean exceeds the paper's threshold by more than two standard errors and at least four
 in five seeds exceed it on their own. A claim is *reproduced* when all its effects hold,
 *not* when all fail, *partly* otherwise (`kaol.claims`). The values are pasted from the
-executed chapters; none is typed on this page. Follow the last column to the check.
+executed chapters; none is typed on this page. The link after each claim opens its check.
 
 **{summary}**
 
@@ -58,9 +66,14 @@ the seeds says so there.
 This page is written by `scripts/claims_page.py` from the executed notebooks; `pytest`
 fails when it is out of date.
 
-| | claim | paper | ours | seeds | verdict | fresh seeds | checked in |
-|---|---|---|---|---|---|---|---|
+| | claim | paper | ours | verdict (book's seeds; fresh seeds) |
+|---|---|---|---|---|
 """
+
+
+def with_math(claim: str) -> str:
+    """``claim`` with its notation typeset: ``N~_f`` becomes ``$\\tilde N_f$``, ``K`` ``$K$``."""
+    return MATH.sub(lambda m: f"${TEX.get(m[0], m[0])}$", claim)
 
 
 def recorded(book: Path = BOOK) -> dict[str, dict]:
@@ -103,18 +116,19 @@ def fresh_verdicts(path: Path = FRESH) -> dict:
 def row(n: int, cid: str, claim: str, where: dict | None, fresh: dict | None) -> str:
     """One table row: glue references if the claim is recorded, a placeholder otherwise."""
     if where is None:
-        return f"| {n} | {claim} | | | | not yet checked | | |"
+        return f"| {n} | {with_math(claim)} | | | not yet checked |"
     nb = where["notebook"]
-    cells = [f"{{glue:text}}`{nb}::{glue_name(cid, f)}:s`" for f in ("paper", "ours", "seeds", "verdict")]
+    paper, ours, seeds, verdict = (f"{{glue:text}}`{nb}::{glue_name(cid, f)}:s`"
+                                   for f in ("paper", "ours", "seeds", "verdict"))
     if fresh is None:
-        cells.append("not run")
+        again = "fresh seeds: not run"
     else:
-        same = fresh["verdict"] == where["verdict"]
-        cells.append(f"{fresh['verdict']} (seeds {fresh['seeds']})"
-                     + ("" if same else f"; **changes with the seeds** ({where['verdict']} on the book's)"))
+        again = f"fresh seeds {fresh['seeds']}: {fresh['verdict']}"
+        if fresh["verdict"] != where["verdict"]:
+            again += "; **changes with the seeds**"
     link = (f"{{ref}}`{where['title']} <claim-{cid}>`" if where["label"]
             else f"{{doc}}`{where['title']} <{Path(nb).stem}>`")
-    return f"| {n} | {claim} | {' | '.join(cells)} | {link} |"
+    return f"| {n} | {with_math(claim)}; checked in {link} | {paper} | {ours} | {verdict} (seeds {seeds}); {again} |"
 
 
 def page(book: Path = BOOK, fresh_path: Path = FRESH) -> str:

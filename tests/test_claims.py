@@ -101,13 +101,16 @@ def fake_chapter(folder: Path, label: bool, verdict: str = "partly", seed_offset
 def test_claims_page_rows(tmp_path: Path, label: bool) -> None:
     fake_chapter(tmp_path, label)
     lines = claims_page.page(tmp_path, tmp_path / "no-fresh-run.json").splitlines()
-    row = next(line for line in lines if claims.CLAIMS["ood-r"] in line)
+    row = next(line for line in lines if claims_page.with_math(claims.CLAIMS["ood-r"]) in line)
     assert "{glue:text}`06_experiments.ipynb::claim-ood-r-ours:s`" in row
-    assert "{glue:text}`06_experiments.ipynb::claim-ood-r-verdict:s`" in row
-    assert row.endswith("{ref}`Experiments <claim-ood-r>` |" if label else "{doc}`Experiments <06_experiments>` |")
-    assert lines[-1].startswith(f"| {len(claims.CLAIMS) + 1} | a claim |")  # recorded, not in CLAIMS
-    other = next(line for line in lines if claims.CLAIMS["pt-loss-entropy"] in line)
+    assert row.endswith("{glue:text}`06_experiments.ipynb::claim-ood-r-verdict:s` "
+                        "(seeds {glue:text}`06_experiments.ipynb::claim-ood-r-seeds:s`); fresh seeds: not run |")
+    link = "{ref}`Experiments <claim-ood-r>`" if label else "{doc}`Experiments <06_experiments>`"
+    assert f"; checked in {link} |" in row
+    assert lines[-1].startswith(f"| {len(claims.CLAIMS) + 1} | a claim; checked in ")  # recorded, not in CLAIMS
+    other = next(line for line in lines if claims_page.with_math(claims.CLAIMS["pt-loss-entropy"]) in line)
     assert "not yet checked" in other and "glue" not in other
+    assert all(line.count("|") == 6 for line in lines if line.startswith("|"))  # five columns: fits the page
     assert "**2 of 17 claims checked: 0 reproduced, 2 partly, 0 not**" in lines
 
 
@@ -120,12 +123,21 @@ def test_fresh_seed_verdicts(tmp_path: Path) -> None:
     record = claims_page.record_fresh(fresh, tmp_path / "fresh.json")
     assert record["offset"] == 1000 and record["verdicts"]["ood-r"]["verdict"] == "reproduced"
     text = claims_page.page(book, tmp_path / "fresh.json")
-    row = next(line for line in text.splitlines() if claims.CLAIMS["ood-r"] in line)
-    assert "reproduced (seeds 0-4); **changes with the seeds** (partly on the book's)" in row
+    row = next(line for line in text.splitlines() if claims_page.with_math(claims.CLAIMS["ood-r"]) in line)
+    assert "; fresh seeds 0-4: reproduced; **changes with the seeds** |" in row
     assert "2 change with fresh seeds" in text
     fake_chapter(fresh, True, "reproduced")            # executed without an offset: refused
     with pytest.raises(SystemExit):
         claims_page.record_fresh(fresh, tmp_path / "fresh.json")
+
+
+def test_claims_notation_as_math() -> None:
+    assert claims_page.with_math("OOD error bound exp(-N~_f K^2 log R / (2 R^2)) (Thm 2)") == \
+        r"OOD error bound $e^{-\tilde N_f K^2 \log R / (2R^2)}$ (Thm 2)"
+    assert claims_page.with_math("q is never a query: W q stays, on s and r (App H, App K)") == \
+        "$q$ is never a query: $Wq$ stays, on $s$ and $r$ (App H, App K)"
+    assert claims_page.with_math("Rank-1 FT with N~_f and K; Theorem 2's bound") == \
+        r"Rank-1 FT with $\tilde N_f$ and $K$; Theorem 2's bound"
 
 
 def test_claims_page_is_up_to_date() -> None:

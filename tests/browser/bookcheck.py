@@ -10,10 +10,24 @@ builds nothing. It serves ``_build/html`` on 127.0.0.1 and, page by page, record
   typeset or typeset as a TeX error, raw TeX (``\\begin{``, ``$$``, ``\\(``, ``\\[``) left
   in the page's visible text outside code, a notebook page without its Binder, Colab and
   Thebe launch buttons;
+* ``widgets_missing``: a widget view that the widget manager (served by the book,
+  ``book/_static/jupyter-widgets``) did not draw;
+* ``overflow``: a code block, output, display equation or table wider than its box at a
+  1280 px wide window (``scrollWidth > clientWidth + 1``: the reader gets a scroll bar or
+  text cut off), and a page that scrolls sideways;
+* ``shrunk``: an image shown at less than 1/1.5 of its natural width (its text shrinks
+  below what the figure was drawn for);
+* ``uncaptioned``: an image or plotly figure that is not in a ``<figure>`` with a caption
+  (myst-nb renders one for a cell's ``mystnb: figure: caption`` metadata, ``{glue:figure}``
+  and the ``{figure}`` directive);
 * what needs the network: every request to another host is *blocked* (the book must read
-  the same on a laptop offline and in CI, online or not), listed by host, with what it
-  costs the reader (widget views left empty when the widget manager cannot load). These
-  are reported, not failures.
+  the same on a laptop offline and in CI, online or not), listed by host. These are
+  reported, not failures;
+* each page's weight: the bytes of the page and of every local file it fetched (scripts,
+  styles, images, fonts and the files MathJax and the widget manager load on demand).
+
+Open toggles (``<details>``, e.g. hidden code cells) are opened before the layout checks.
+Every check lists all its violations, page by page (``violations``).
 
 Run it alone with ``python -m tests.browser.bookcheck [_build/html]`` (prints the report,
 exit code 1 on failures) or through ``pytest tests/browser``. Chromium is Debian's
@@ -54,10 +68,14 @@ def chromium_path() -> str | None:
 
 @dataclass
 class PageReport:
-    """What one page showed: ``failures`` fail the test, ``offline`` only reports."""
+    """What one page showed: the lists named in ``CHECKS`` fail the tests, ``offline`` only reports."""
 
     page: str
     failures: list[str] = field(default_factory=list)
+    widgets_missing: list[str] = field(default_factory=list)
+    overflow: list[str] = field(default_factory=list)
+    shrunk: list[str] = field(default_factory=list)
+    uncaptioned: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
     external_requests: list[str] = field(default_factory=list)
     images: int = 0
@@ -65,6 +83,17 @@ class PageReport:
     plotly: int = 0
     widgets: int = 0
     links_checked: int = 0
+    weight: int = 0      # bytes fetched from the book's own server
+    requests: int = 0    # local requests made
+
+
+# The checks of a page, by ``PageReport`` field: what a violation means.
+CHECKS = {"failures": "errors",
+          "widgets_missing": "widget views not drawn (network blocked)",
+          "overflow": "wider than its box at a 1280 px window",
+          "shrunk": "image shown below 1/1.5 of its natural width",
+          "uncaptioned": "figure without a caption"}
+MIN_SHOWN = 1 / 1.5  # smallest shown / natural width of an image
 
 
 class _Anchors(HTMLParser):
@@ -135,8 +164,26 @@ def check_link(html: Path, page_url: str, href: str, base: str) -> str | None:
     return None
 
 
+# True once the widget manager has drawn every widget view of the page (it inserts a
+# ``.widget-subarea`` holding the view just before the view's script).
+WIDGETS_DRAWN = """() => [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
+  .every(s => s.previousElementSibling?.matches('.widget-subarea') && s.previousElementSibling.childElementCount)"""
+
 # Runs in the page once it has loaded (and MathJax has typeset it): images decoded, outputs inspected.
-PAGE_PROBE = r"""async () => {
+PAGE_PROBE = r"""async (minShown) => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  const cells = [...document.querySelectorAll('.cell')];
+  const where = e => {  // 'code cell 7, section "Title"': where a reader finds the element
+    const cell = e.closest('.cell');
+    const heading = e.closest('section')?.querySelector('h1, h2, h3, h4, h5, h6');
+    const title = heading ? heading.textContent.replace(/#$/, '').trim().slice(0, 60) : '';
+    return [cell ? `code cell ${cells.indexOf(cell) + 1}` : 'text', title && `section "${title}"`]
+      .filter(Boolean).join(', ');
+  };
+  const kind = e => e.matches('div.math, mjx-container') ? 'display math'
+    : e.matches('table, .pst-scrollable-table-container') || e.querySelector('table') ? 'table'
+    : e.closest('.cell_output') ? 'output' : 'code';
+  const snippet = e => (e.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 50);
   const rawTex = () => {  // TeX a reader would see: text outside code and typeset math
     const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
     const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT,
@@ -150,12 +197,33 @@ PAGE_PROBE = r"""async () => {
   };
   const imgs = [...document.images];
   await Promise.all(imgs.map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }));
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));  // laid out with toggles open
+  const caption = e => {  // the caption text of the <figure> around e ('' if none)
+    const c = e.closest('figure')?.querySelector(':scope > figcaption');
+    return c ? (c.querySelector('.caption-text') || c).textContent.trim() : '';
+  };
+  const boxes = 'pre, div.highlight, .cell_output > *, .cell_output .output, div.math, '
+              + 'mjx-container[display="true"], table, .pst-scrollable-table-container';
+  const wide = [...document.querySelectorAll(boxes)].filter(e => e.scrollWidth > e.clientWidth + 1);
+  const root = document.scrollingElement;
+  const content = [...document.querySelectorAll('article.bd-article img')].filter(i => i.getClientRects().length);
   const widgetViews = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
   const outputs = [...document.querySelectorAll('.cell_output > .output, .cell_output > img')];
   return {
     images: imgs.map(i => ({src: i.getAttribute('src') || '', url: i.currentSrc || i.src, w: i.naturalWidth})),
     plotly: [...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('svg.main-svg')),
-    widgets: widgetViews.map(s => !!(s.parentElement && s.parentElement.querySelector('.jupyter-widgets, .widget-container, .lm-Widget'))),
+    widgets: widgetViews.length,
+    widgetsMissing: widgetViews.filter(s => !(s.previousElementSibling?.matches('.widget-subarea')
+                                              && s.previousElementSibling.childElementCount)).map(where),
+    overflow: wide.filter(e => !wide.some(o => o !== e && e.contains(o)))   // the innermost wide box
+                  .map(e => `${kind(e)} in ${where(e)} ("${snippet(e)}"): scrollWidth ${e.scrollWidth} px > clientWidth ${e.clientWidth} px`)
+                  .concat(root.scrollWidth > root.clientWidth + 1
+                          ? [`the page scrolls sideways: ${root.scrollWidth} px wide in a ${root.clientWidth} px window`] : []),
+    shrunk: content.filter(i => i.naturalWidth && i.getBoundingClientRect().width < minShown * i.naturalWidth)
+                   .map(i => `image ${i.getAttribute('src')} in ${where(i)}: shown ${Math.round(i.getBoundingClientRect().width)} px `
+                             + `wide, natural ${i.naturalWidth} px (${(i.getBoundingClientRect().width / i.naturalWidth).toFixed(2)}x)`),
+    uncaptioned: [...content, ...document.querySelectorAll('.plotly-graph-div')].filter(e => !caption(e))
+                   .map(e => (e.tagName === 'IMG' ? `image ${e.getAttribute('src')}` : 'plotly figure') + ` in ${where(e)}`),
     empty: outputs.filter(o => o.tagName !== 'IMG' && !o.innerText.trim()
                            && !o.querySelector('img, svg, canvas, iframe, video, script, .plotly-graph-div'))
                   .map(o => o.className),
@@ -165,6 +233,14 @@ PAGE_PROBE = r"""async () => {
     rawTex: rawTex(),
     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
   };
+}"""
+
+
+# The requests a page made to the book's server and their bytes (the page itself included;
+# a file the browser had cached counts its full size, as on a first visit).
+PAGE_WEIGHT = """(base) => {
+  const local = performance.getEntries().filter(e => e.name.startsWith(base) && 'decodedBodySize' in e);
+  return [local.length, local.reduce((sum, e) => sum + e.decodedBodySize, 0)];
 }"""
 
 
@@ -208,18 +284,29 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     tab.on("console", on_console)
     tab.on("response", on_response)
     tab.route("**/*", route)
+    tab.add_init_script("performance.setResourceTimingBufferSize(100000)")  # weigh every request
     url = urljoin(base, page.as_posix())
-    tab.goto(url, wait_until="load")
+    try:
+        tab.goto(url, wait_until="load")
+    except Exception as exc:  # a page that never loads is one failure; the other pages are still checked
+        report.failures.append(f"page did not load: {str(exc).splitlines()[0]}")
+        tab.close()
+        return report
     if re.search(r'http-equiv="refresh"', (html / page).read_text(errors="replace")[:1000], re.I):
-        tab.wait_for_url(lambda u: u != url, timeout=8000)   # index.html: a redirect stub; check its target
+        tab.wait_for_url(lambda u: u != url)   # index.html: a redirect stub; check its target
         tab.wait_for_load_state("load")
     try:  # plotly draws after load; give it a few seconds
         tab.wait_for_function("() => [...document.querySelectorAll('.plotly-graph-div')]"
                               ".every(d => d.querySelector('svg.main-svg'))", timeout=8000)
     except Exception:
         pass
+    try:  # the widget manager draws the views after load
+        tab.wait_for_function(WIDGETS_DRAWN, timeout=30_000)
+    except Exception:
+        pass
     math_failure = wait_for_math(tab)
-    probe = tab.evaluate(PAGE_PROBE)
+    probe = tab.evaluate(PAGE_PROBE, MIN_SHOWN)
+    report.requests, report.weight = tab.evaluate(PAGE_WEIGHT, base)
     page_url = tab.url  # index.html redirects
     tab.close()
 
@@ -235,12 +322,9 @@ def check_page(context, html: Path, base: str, page: Path) -> PageReport:
     for i, drawn in enumerate(probe["plotly"]):
         if not drawn:
             report.failures.append(f"plotly figure {i + 1} has no rendered svg")
-    report.widgets = len(probe["widgets"])
-    if probe["widgets"] and not all(probe["widgets"]):
-        missing = probe["widgets"].count(False)
-        where = report.offline if blocked else report.failures
-        where.append(f"{missing} of {len(probe['widgets'])} widget views not rendered"
-                     + (" (the widget manager loads from a CDN)" if blocked else ""))
+    report.widgets = probe["widgets"]
+    report.widgets_missing = [f"widget view in {w} not drawn" for w in probe["widgetsMissing"]]
+    report.overflow, report.shrunk, report.uncaptioned = probe["overflow"], probe["shrunk"], probe["uncaptioned"]
     for cls in probe["empty"]:
         report.failures.append(f"empty output area ({cls})")
     report.math = probe["math"]
@@ -311,6 +395,7 @@ def run(html: Path = HTML, shots: Path | None = None) -> list[PageReport]:
     with serve(html) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})  # fresh profile
+        context.set_default_navigation_timeout(90_000)  # pages with plotly.js weigh 10 MB: slow on a busy machine
         reports = []
         for page in pages(html):
             report = check_page(context, html, base, page)
@@ -321,14 +406,31 @@ def run(html: Path = HTML, shots: Path | None = None) -> list[PageReport]:
     return reports
 
 
+def failed(report: PageReport) -> bool:
+    """True if any check of ``CHECKS`` found something on the page."""
+    return any(getattr(report, check) for check in CHECKS)
+
+
+def violations(reports: list[PageReport], check: str) -> str:
+    """Every violation of ``check`` (a key of ``CHECKS``), page by page: an assertion message."""
+    bad = [r for r in reports if getattr(r, check)]
+    lines = [f"{CHECKS[check]}: {sum(len(getattr(r, check)) for r in bad)} on {len(bad)} of {len(reports)} pages"]
+    for r in bad:
+        lines.append(r.page)
+        lines += [f"  - {v}" for v in getattr(r, check)]
+    return "\n".join(lines)
+
+
 def summary(reports: list[PageReport]) -> str:
-    """A readable report: per page, then the external hosts the book needs."""
+    """A readable report: per page (counts, weight, every violation), then the external hosts requested."""
     lines = [f"{len(reports)} pages checked"]
     for r in reports:
-        status = "FAIL" if r.failures else "ok"
-        lines.append(f"{status:4s} {r.page}: {r.images} images, {r.math} math, {r.plotly} plotly, {r.widgets} widgets, "
-                     f"{r.links_checked} links, {len(r.external_requests)} blocked external requests")
-        lines += [f"       failure: {f}" for f in r.failures]
+        status = "FAIL" if failed(r) else "ok"
+        lines.append(f"{status:4s} {r.page}: {r.weight / 1024:.0f} KiB in {r.requests} requests; {r.images} images, "
+                     f"{r.math} math, {r.plotly} plotly, {r.widgets} widgets, {r.links_checked} links, "
+                     f"{len(r.external_requests)} blocked external requests")
+        for check, meaning in CHECKS.items():
+            lines += [f"       {meaning}: {v}" for v in getattr(r, check)]
         lines += [f"       offline: {o}" for o in r.offline]
     hosts: dict[str, int] = {}
     for r in reports:
@@ -337,7 +439,16 @@ def summary(reports: list[PageReport]) -> str:
             hosts[host] = hosts.get(host, 0) + 1
     lines.append("needs the network (blocked here, pages requesting it): "
                  + (", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())) or "nothing"))
+    lines.append(f"book: {sum(r.weight for r in reports) / 2**20:.2f} MiB over {len(reports)} page loads "
+                 f"(each counted as a first visit)")
     return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
@@ -347,9 +458,8 @@ def main(argv: list[str]) -> int:
         return 2
     reports = run(html)
     print(summary(reports))
-    (html.parent / "browser_report.json").write_text(
-        json.dumps([r.__dict__ for r in reports], indent=1), encoding="utf-8")
-    return 1 if any(r.failures for r in reports) else 0
+    write_atomic(html.parent / "browser_report.json", json.dumps([r.__dict__ for r in reports], indent=1))
+    return 1 if any(map(failed, reports)) else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def reports() -> list[bookcheck.PageReport]:
         pytest.fail(f"no built book at {HTML}: run `jupyter-book build . -W -n --keep-going` first")
     reports = bookcheck.run(HTML)
     text = bookcheck.summary(reports)
-    (HTML.parent / "browser_report.txt").write_text(text + "\n", encoding="utf-8")
+    bookcheck.write_atomic(HTML.parent / "browser_report.txt", text + "\n")
     print(text)
     return reports
 
@@ -35,8 +35,28 @@ def reports() -> list[bookcheck.PageReport]:
 def test_every_page_renders_without_errors(reports: list[bookcheck.PageReport]) -> None:
     """No JS error, missing image, broken internal link, empty output or blank plotly figure."""
     assert len(reports) >= 2
-    failed = {r.page: r.failures for r in reports if r.failures}
-    assert not failed, bookcheck.summary(reports)
+    assert not any(r.failures for r in reports), bookcheck.violations(reports, "failures")
+
+
+def test_widget_views_drawn_offline(reports: list[bookcheck.PageReport]) -> None:
+    """Every saved widget view is drawn by the book's own widget manager, network blocked."""
+    assert any(r.widgets for r in reports), "no page has a widget view"
+    assert not any(r.widgets_missing for r in reports), bookcheck.violations(reports, "widgets_missing")
+
+
+def test_nothing_wider_than_its_box(reports: list[bookcheck.PageReport]) -> None:
+    """No code, output, display equation or table overflows sideways at a 1280 px window."""
+    assert not any(r.overflow for r in reports), bookcheck.violations(reports, "overflow")
+
+
+def test_images_not_shrunk(reports: list[bookcheck.PageReport]) -> None:
+    """No image is shown below 1/1.5 of its natural width (its labels would be too small)."""
+    assert not any(r.shrunk for r in reports), bookcheck.violations(reports, "shrunk")
+
+
+def test_figures_have_captions(reports: list[bookcheck.PageReport]) -> None:
+    """Every image and plotly figure sits in a <figure> with a caption."""
+    assert not any(r.uncaptioned for r in reports), bookcheck.violations(reports, "uncaptioned")
 
 
 def test_notebook_pages_have_launch_buttons(reports: list[bookcheck.PageReport]) -> None:
