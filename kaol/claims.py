@@ -76,6 +76,17 @@ def decimals(se: float) -> int:
     return int(min(MAX_DECIMALS, max(0, -math.floor(math.log10(2 * se)))))
 
 
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` of one value per seed, at the resolution of their spread (:func:`decimals`
+    of the standard error), for the chapters' printed summaries."""
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if not x.size or not np.all(np.isfinite(x)):
+        raise ValueError(f"mean_sd needs finite values, got {x!r}")
+    sd = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    d = decimals(sd / math.sqrt(x.size))
+    return f"{x.mean():.{d}f} ± {sd:.{d}f}"
+
+
 @dataclass(frozen=True)
 class Effect:
     """One claimed effect, one value per seed; the paper's statement is ``value > threshold``.
