@@ -162,6 +162,11 @@ def verdict(effects: Sequence[Effect]) -> str:
     return "not" if all(s == "fails" for s in status) else "partly"
 
 
+def _cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` (as in ``|<u_1, e_q>|``) escaped."""
+    return text.replace("|", "\\|")
+
+
 def glue_name(claim_id: str, field: str) -> str:
     """The glue key of one field of a claim: ``claim-<id>-<field>``."""
     if not _ID.fullmatch(claim_id) or field not in FIELDS:
@@ -197,7 +202,8 @@ class Claim:
         return "; ".join(f"{e.what}: {e.text()}" for e in self.effects)
 
     def _repr_markdown_(self) -> str:
-        rows = "\n".join(f"| {e.what} | {e.text()} | > {e.threshold:g} | {e.status} |" for e in self.effects)
+        rows = "\n".join(f"| {_cell(e.what)} | {e.text()} | > {e.threshold:g} | {e.status} |"
+                         for e in self.effects)
         note = f"\n\n{self.note}" if self.note else ""
         return (f"**Claim** ({self.claim_id}): {self.claim}  \n**Paper:** {self.paper}  \n"
                 f"**Verdict: {self.verdict}** (seeds {self.seeds})\n\n"

@@ -79,3 +79,9 @@ def test_mean_sd_rounds_to_the_spread() -> None:
     assert mean_sd([30.0, 37.0, 41.0]) == "36 ± 6"
     with pytest.raises(ValueError):
         mean_sd([])
+
+
+def test_markdown_escapes_pipes_in_effect_names() -> None:
+    c = claims.Claim("x", "claim", "paper", (claims.Effect("|<u_1, e_q>|", [1.0, 1.0], [0, 1]),))
+    row = c._repr_markdown_().splitlines()[-1]
+    assert row.startswith("| \\|<u_1, e_q>\\| |") and row.count(" | ") == 3
