@@ -76,6 +76,17 @@ def decimals(se: float) -> int:
     return int(min(MAX_DECIMALS, max(0, -math.floor(math.log10(2 * se)))))
 
 
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` of one value per seed, at the resolution of their spread (:func:`decimals`
+    of the standard error), for the chapters' printed summaries."""
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if not x.size or not np.all(np.isfinite(x)):
+        raise ValueError(f"mean_sd needs finite values, got {x!r}")
+    sd = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    d = decimals(sd / math.sqrt(x.size))
+    return f"{x.mean():.{d}f} ± {sd:.{d}f}"
+
+
 @dataclass(frozen=True)
 class Effect:
     """One claimed effect, one value per seed; the paper's statement is ``value > threshold``.
@@ -151,6 +162,11 @@ def verdict(effects: Sequence[Effect]) -> str:
     return "not" if all(s == "fails" for s in status) else "partly"
 
 
+def _cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` (as in ``|<u_1, e_q>|``) escaped."""
+    return text.replace("|", "\\|")
+
+
 def glue_name(claim_id: str, field: str) -> str:
     """The glue key of one field of a claim: ``claim-<id>-<field>``."""
     if not _ID.fullmatch(claim_id) or field not in FIELDS:
@@ -186,7 +202,8 @@ class Claim:
         return "; ".join(f"{e.what}: {e.text()}" for e in self.effects)
 
     def _repr_markdown_(self) -> str:
-        rows = "\n".join(f"| {e.what} | {e.text()} | > {e.threshold:g} | {e.status} |" for e in self.effects)
+        rows = "\n".join(f"| {_cell(e.what)} | {e.text()} | > {e.threshold:g} | {e.status} |"
+                         for e in self.effects)
         note = f"\n\n{self.note}" if self.note else ""
         return (f"**Claim** ({self.claim_id}): {self.claim}  \n**Paper:** {self.paper}  \n"
                 f"**Verdict: {self.verdict}** (seeds {self.seeds})\n\n"

@@ -143,3 +143,18 @@ def test_claims_notation_as_math() -> None:
 def test_claims_page_is_up_to_date() -> None:
     """book/claims.md is what scripts/claims_page.py writes for the executed chapters."""
     assert claims_page.main(["--check"]) == 0, "run python scripts/claims_page.py"
+
+
+def test_mean_sd_rounds_to_the_spread() -> None:
+    from kaol.claims import mean_sd
+    assert mean_sd([0.5, 0.5, 0.5]) == "0.500 ± 0.000"
+    assert mean_sd([0.41, 0.45, 0.52, 0.47, 0.44]) == "0.46 ± 0.04"
+    assert mean_sd([30.0, 37.0, 41.0]) == "36 ± 6"
+    with pytest.raises(ValueError):
+        mean_sd([])
+
+
+def test_markdown_escapes_pipes_in_effect_names() -> None:
+    c = claims.Claim("x", "claim", "paper", (claims.Effect("|<u_1, e_q>|", [1.0, 1.0], [0, 1]),))
+    row = c._repr_markdown_().splitlines()[-1]
+    assert row.startswith("| \\|<u_1, e_q>\\| |") and row.count(" | ") == 3
