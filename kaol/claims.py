@@ -146,10 +146,7 @@ class Effect:
 
     def text(self) -> str:
         """``mean ± sd`` at the resolution of the spread, with the seed count above threshold."""
-        d = decimals(self.se)
-        thr = f"{self.threshold:.{max(d, 1)}g}" if abs(self.threshold) < 1e4 else f"{self.threshold:.3g}"
-        return (f"{self.mean:.{d}f} ± {self.sd:.{d}f} over {self.n} seeds, "
-                f"{self.above}/{self.n} above {thr}")
+        return f"{mean_sd(self.values)} over {self.n} seeds, {self.above}/{self.n} above {self.threshold:.4g}"
 
 
 def verdict(effects: Sequence[Effect]) -> str:
