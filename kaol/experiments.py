@@ -471,25 +471,27 @@ def _pivot(s: pd.DataFrame, col: str, R: int) -> pd.DataFrame:
 
 def plot_heatmaps(s: pd.DataFrame, R: int, threshold: float = 0.5):
     """Fig. 2a/3a as four heat maps (best/last step x frequent/rare) of the mean accuracy over
-    seeds, annotated ``mean +- sd``, with the curve where Theorem 2's bound equals ``1 - threshold``."""
+    seeds, each cell annotated with its mean (the spreads are in ``summary``), with the curve
+    where Theorem 2's bound equals ``1 - threshold``; drawn for a 7.2 in column."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True, layout="constrained")
-    for ax, (col, title) in zip(axes, ACC.items()):
-        m, sd = _pivot(s, col, R), _pivot(s, col + "_sd", R)
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.6), sharex=True, sharey=True, layout="constrained")
+    for ax, (col, title) in zip(axes.flat, ACC.items()):
+        m = _pivot(s, col, R)
         im = ax.imshow(m.values, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (i, j), x in np.ndenumerate(m.values):
-            ax.text(j, i, f"{x:.2f}\n±{sd.values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=9,
                     color="black" if x > 0.6 else "white")
         ax.set_xticks(range(m.shape[1]), m.columns)
         ax.set_yticks(range(m.shape[0]), m.index)
         Ks = np.linspace(m.index.min(), m.index.max(), 200)
         xs = np.interp(threshold_N(Ks, R, 1 - threshold), m.columns, range(m.shape[1]), left=np.nan, right=np.nan)
-        ax.plot(xs, np.interp(Ks, m.index, range(m.shape[0])), "r--", lw=1.5, label=f"bound = {1 - threshold:g}")
-        ax.set_title(title, fontsize=9)
+        ax.plot(xs, np.interp(Ks, m.index, range(m.shape[0])), "r--", lw=1.5)
+        ax.set_title(title, fontsize=10)
+    for ax in axes[1]:
         ax.set_xlabel(r"$\tilde N_f$")
-    axes[0].set_ylabel("multiplicity K")
-    axes[0].legend(fontsize=7, loc="upper right")
-    fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01, label="OOD accuracy")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("multiplicity $K$")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="OOD accuracy (mean over seeds)")
     return fig
 
 
@@ -498,39 +500,38 @@ def plot_lines(s: pd.DataFrame, x: str, hue: str, fixed: dict[str, int]):
     error bars one standard deviation over seeds; frequent and rare in two panels."""
     import matplotlib.pyplot as plt
     sel = s.loc[np.logical_and.reduce([s[k] == v for k, v in fixed.items()] or [np.ones(len(s), bool)])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4), sharey=True, layout="constrained")
     for ax, part in zip(axes, ("freq", "rare")):
         for i, (h, d) in enumerate(sel.groupby(hue)):
             d = d.sort_values(x)
             for w, ls in (("best", "-"), ("last", "--")):
                 ax.errorbar(d[x], d[f"{w}_{part}"], d[f"{w}_{part}_sd"], ls=ls, marker="o", ms=3, capsize=2,
-                            color=f"C{i}", label=f"{hue}={h}" if w == "best" else None)
+                            color=f"C{i}", label={"N_ft": r"$\tilde N_f$", "K": "$K$", "R": "$R$"}.get(hue, hue) + f" = {h}"
+                            if w == "best" else None)
         ax.set_title({"freq": "unseen frequent facts", "rare": "rare facts"}[part], fontsize=10)
-        ax.set_xlabel({"N_ft": r"$\tilde N_f$", "R": "R (relation phrases)", "K": "K"}.get(x, x))
+        ax.set_xlabel({"N_ft": r"$\tilde N_f$", "R": "$R$ (relation phrases)", "K": "$K$"}.get(x, x))
         ax.set_ylim(-0.03, 1.03)
-    axes[0].set_ylabel("OOD accuracy (solid: best step, dashed: last)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    axes[0].set_ylabel("OOD accuracy")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right", fontsize=9)
     return fig
 
 
 def plot_bound(s: pd.DataFrame):
     """Measured error ``1 - best accuracy`` (mean over seeds, bars: sd) against Theorem 2's bound."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6), sharey=True, layout="constrained")
     for ax, part in zip(axes, ("", "_rare")):
         for i, (r, d) in enumerate(s.groupby("R")):
             ax.errorbar(d["bound"], d[f"err_best{part}"], d[f"err_best{part}_sd"], fmt="o", ms=4, capsize=2,
-                        color=f"C{i}", label=f"R={r}")
+                        color=f"C{i}", label=f"$R$ = {r}")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="error = bound")
         ax.fill_between([0, 1], [0, 1], 1, color="red", alpha=0.07, label="bound violated")
-        ax.set_xlabel(r"bound $\exp(-\tilde N_f K^2 \log R / (2R^2))$")
+        ax.set_xlabel("bound, Eq. (14)")
         ax.set_title("all unseen facts" if not part else "rare facts", fontsize=10)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("measured OOD error (best step)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=9)
     return fig
 
 
@@ -539,10 +540,10 @@ def plot_regime(s: pd.DataFrame, threshold: float = 0.5):
     ``threshold``), measured (colour) and predicted by the bound (o: success, x: failure)."""
     import matplotlib.pyplot as plt
     Rs = sorted(s["R"].unique())
-    fig, axes = plt.subplots(1, len(Rs), figsize=(3.6 * len(Rs), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(Rs), figsize=(7.2, 2.9), squeeze=False, layout="constrained")
     for ax, R in zip(axes[0], Rs):
         d = s[s["R"] == R]
-        ax.scatter(d["N_ft"], d["K"], c=d["best"], vmin=0, vmax=1, cmap="viridis", s=260, marker="s")
+        sc = ax.scatter(d["N_ft"], d["K"], c=d["best"], vmin=0, vmax=1, cmap="viridis", s=150, marker="s")
         ok = d["predicted"]
         ax.scatter(d.loc[ok, "N_ft"], d.loc[ok, "K"], marker="o", facecolors="none", edgecolors="w", s=60)
         ax.scatter(d.loc[~ok, "N_ft"], d.loc[~ok, "K"], marker="x", color="r", s=40)
@@ -550,10 +551,10 @@ def plot_regime(s: pd.DataFrame, threshold: float = 0.5):
         ax.plot(threshold_N(Ks, R, 1 - threshold), Ks, "r--", lw=1)
         ax.set_xlim(0, d["N_ft"].max() * 1.15)
         ax.set_ylim(0, d["K"].max() * 1.15)
-        ax.set_title(f"R = {R}", fontsize=10)
+        ax.set_title(f"$R$ = {R}", fontsize=10)
         ax.set_xlabel(r"$\tilde N_f$")
-    axes[0, 0].set_ylabel("K")
-    fig.tight_layout()
+    axes[0, 0].set_ylabel("$K$")
+    fig.colorbar(sc, ax=axes[0], label="accuracy (best step)")
     return fig
 
 
@@ -583,16 +584,17 @@ def plot_curves(curves: dict, K: int, N_ft: int, R: int, ax=None):
     """Fine-tuning curves of one grid cell: accuracy on unseen frequent and rare facts per step, each seed."""
     import matplotlib.pyplot as plt
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3))
+        _, ax = plt.subplots(figsize=(7.2, 3), layout="constrained")
     runs = {k[3]: h for k, h in curves.items() if k[:3] == (K, N_ft, R)}
     for i, (seed, h) in enumerate(sorted(runs.items())):
-        ax.plot(h.acc_freq[:, 0], color=f"C{i}", label=f"seed {seed}: unseen frequent")
-        ax.plot(h.acc_rare[:, 0], color=f"C{i}", ls=":", label=f"seed {seed}: rare")
+        ax.plot(h.acc_freq[:, 0], color=f"C{i}", label=f"seed {seed}")
+        ax.plot(h.acc_rare[:, 0], color=f"C{i}", ls=":")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("OOD accuracy")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"K={K}, N~f={N_ft}, R={R}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(rf"$K$ = {K}, $\tilde N_f$ = {N_ft}, $R$ = {R} (solid: unseen frequent, dotted: rare)",
+                 fontsize=10)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return ax
 
 
