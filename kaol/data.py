@@ -47,7 +47,7 @@ class DataConfig:
 
     ``rare_weight``: the weight of each rare sample; ``None`` means ``K``, the
     App. J choice that keeps rare facts from being drowned by frequent ones.
-    ``rho_c``: norm of the context embedding (a reconstruction, see MODEL.md).
+    ``rho_c``: norm of the context embedding (a reconstruction: the book's page "What is reconstructed", book/reconstruction.md).
     """
 
     N_f: int = 100

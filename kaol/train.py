@@ -21,7 +21,7 @@ from .model import ModelConfig, forward, init_params
 @dataclass(frozen=True)
 class Schedule:
     """Three-stage learning rate of Sec. 4: ``eta[0]`` for ``t < T1``, ``eta[1]`` for
-    ``T1 <= t < T2``, ``eta[2]`` up to ``T`` steps. The defaults are ours (MODEL.md)."""
+    ``T1 <= t < T2``, ``eta[2]`` up to ``T`` steps. The defaults are ours (book/reconstruction.md)."""
 
     eta: tuple[float, float, float] = (20.0, 80.0, 30.0)
     T1: int = 5
