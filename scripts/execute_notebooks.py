@@ -54,7 +54,7 @@ def check_kernel(kernel: str) -> None:
                          f"({sys.executable}): run `python -m ipykernel install --sys-prefix --name {kernel}`")
 
 
-def execute(path: Path, timeout: int = 900, kernel: str = "python3", out: Path | None = None) -> float:
+def execute(path: Path, timeout: int = 1800, kernel: str = "python3", out: Path | None = None) -> float:
     """Execute one notebook, in place or into ``out``; return the wall time in seconds.
 
     The kernel's working directory is the notebook's folder, as in Jupyter and in
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="notebooks to execute (default: every book/*.ipynb)")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     parser.add_argument("--kernel", default="python3", help="kernelspec name")
     parser.add_argument("--seed-offset", type=int, default=None,
                         help="run with KAOL_SEED_OFFSET set to this non-negative integer")
