@@ -80,7 +80,7 @@ def pretraining_figure(data: KnowledgeData, model: ModelConfig, schedule: Schedu
     """Pre-train one run and draw its loss against ``H`` and the attention masses (Sec. 4, Prop. 1)."""
     checks.of_type("data", data, KnowledgeData)
     _, hist = pretrain(data, model, schedule, seed=seed, log_every=log_every)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.6))
     plots.loss_curves(axes[0], hist, entropy(data.cfg), schedule, by_kind=False)
     axes[0].set_ylim(0, max(2.0, 1.2 * float(hist.loss[-1][0])))
     axes[0].legend(fontsize=8)
