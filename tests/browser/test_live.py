@@ -5,9 +5,10 @@ Like ``test_book_html.py`` this builds nothing (build the book first, README) an
 live figure of chapters 3, 4 and 6 it waits until the figure has run (``data-kaol-status``
 ``done``), moves its first control and waits for the re-run; it fails on a JavaScript
 error, a console error, an ``error`` status, a request to another host (other than the
-scripts the page's HTML names, which bookcheck reports), or a fine-tuning
-re-run (chapter 4) slower than ``KAOL_LIVE_MAX_MS`` (default 1000 ms). The wall times go
-to ``_build/live_report.json``. A chapter that does not include its figure yet is skipped.
+scripts the page's HTML names, which bookcheck reports). The wall times of the first run
+and of the re-run go to ``_build/live_report.json`` and are printed: speed targets (the
+chapter-4 re-run within 1 s) belong to ``benchmarks/``, not to this test, since a shared
+machine's wall time says little (``benchmarks/README.md``). A chapter that does not include its figure yet is skipped.
 Separately, ``web/kaol.js`` runs the fixtures of ``tests/js`` in Chromium (1e-9 against kaol).
 """
 from __future__ import annotations
@@ -23,7 +24,6 @@ from tests.browser import bookcheck
 
 HTML = Path(os.environ.get("KAOL_BOOK_HTML", bookcheck.HTML))
 LIVE = {"pretrain": "book/03_pretraining.html", "finetune": "book/04_finetuning.html", "cell": "book/06_experiments.html"}
-MAX_MS = float(os.environ.get("KAOL_LIVE_MAX_MS", "1000"))
 TIMEOUT_MS = 180_000   # a first run includes loading the data; the pre-training runs take seconds
 REPORT = HTML.parent / "live_report.json"
 
@@ -111,8 +111,6 @@ def test_live_figure_runs_and_reruns(browser, name: str) -> None:
     print(name, record)
     assert first["status"] == "done" and rerun["status"] == "done", record
     assert not problems, problems
-    if name == "finetune":
-        assert rerun["ms"] <= MAX_MS, f"fine-tuning re-run took {rerun['ms']} ms > {MAX_MS} ms: {record}"
 
 
 def test_fixtures_in_chromium(browser) -> None:
