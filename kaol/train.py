@@ -208,9 +208,10 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
     batch = fast.Batch.build([d.pretrain for d in runs], v.size, [d.vocab.rho for d in runs], model.dtype)
     hist = PTHistory()
     size0 = _sizes(params)
+    out = None
     for t in range(schedule.T + 1):
         log = t % log_every == 0 or t == schedule.T
-        out = _step(model, params, batch, grad=t < schedule.T)
+        out = _step(model, params, batch, grad=t < schedule.T, reuse=out)
         last = max(t - 1, 0)                     # the update that produced this loss
         if t == 0:
             start = out.loss
@@ -236,6 +237,7 @@ class _Out:
     logits: torch.Tensor
     grads: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor] = field(default_factory=dict)   # gradients given on these rows only
+    work: fast.Pass | None = None       # the exact path's buffers, for the next step to reuse
 
 
 def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool = False) -> None:
@@ -247,15 +249,19 @@ def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool
 
 
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
-          grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None) -> _Out:
-    """Loss and gradients of one full batch: exact sparse path or autograd.
+          grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None,
+          reuse: _Out | None = None) -> _Out:
+    """Loss and gradients of one full batch: exact sparse path or autograd. The exact path
+    reuses the buffers of ``reuse``, the previous step's output on the same batch
+    (``fast.run``).
 
     Autograd runs on one torch thread (the caller's setting is restored): torch splits
     its reductions by thread count, so a different count would round differently."""
     if model.arch == "simplified":
-        o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S)
+        o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S,
+                     reuse=None if reuse is None else reuse.work)
         grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
-        return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {})
+        return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {}, o)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -306,13 +312,14 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     S_test = fast.attention(params["W"], test) if fixed_W else None
     loss, acc_f, acc_r, preds = [], [], [], []
     sv0, align = np.full((B, 1), np.nan), np.full(B, np.nan)
+    ev = out = None
     for t in range(cfg.steps + 1):
-        ev = _step(model, params, test, grad=False, S=S_test)
+        ev = _step(model, params, test, grad=False, S=S_test, reuse=ev)
         hit = ev.logits.argmax(-1) == test.y_idx[:, 0].view(B, -1)
         acc_f.append(_mean(hit, is_freq))
         acc_r.append(_mean(hit, is_rare))
         preds.append(ev.logits.argmax(-1).numpy())
-        out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train)
+        out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
         if t == 0:
             start = out.loss
         _check_finite(out.loss, t, "fine-tuning", cfg.eta, start)

@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
-# The README's test command: install into .venv, build the HTML book, then run every test:
-# 1. pytest: the unit tests of kaol and every notebook re-executed by nbval (outputs
-#    compared with the committed ones);
-# 2. the book as another machine would run it: nbval of book/ again with numba compiling for
-#    a generic x86-64 CPU and torch's kernels at their default capability, with fresh numba
-#    and kaol caches (the compared outputs must not depend on the CPU);
-# 3. the book on fresh seeds: every seed shifted by KAOL_SEED_OFFSET=1000, outputs not
-#    compared (--nbval-lax), every claim's assert should still pass (advisory for now: it
-#    is reported, and does not fail the run, until chapters 5-7 are checked on fresh seeds
-#    on the deterministic core; see README);
-# 4. node --test tests/js/: web/kaol.js, the model the live figures train in the reader's
-#    browser, against kaol's fixtures;
-# 5. scripts/check_binder.sh: the Binder environment built in a throwaway venv;
-# 6. tests/browser: the built book opened page by page in headless Chromium, alone on the
-#    machine since it times the live figures (skipped when no Chromium is installed: as root
-#    this script installs Debian's chromium first).
-# The passes run two at a time, one per core (1 with 3, then 2 with 4 and 5), each
-# single-threaded: results do not depend on the thread count (tests/test_determinism.py).
+# The README's test command: install into .venv, build the HTML book, then run every test,
+# in two jobs at a time, one per core, each single-threaded (results do not depend on the
+# thread count: tests/test_determinism.py):
+# job 1: the unit tests of kaol (tests/, native CPU), then every notebook of book/
+#    re-executed by nbval and its outputs compared with the committed ones, as another
+#    machine would compute them: numba compiling for a generic x86-64 CPU and torch's
+#    kernels at their default capability, with fresh numba and kaol caches (the notebooks
+#    were executed on this project's machine, with its native settings, so this one pass
+#    checks both that the book reproduces and that it does not depend on the CPU);
+# job 2: the book on fresh seeds: every seed shifted by KAOL_SEED_OFFSET=1000, outputs not
+#    compared (--nbval-lax), every claim's assert must pass; then node --test tests/js/
+#    (web/kaol.js, the model the live figures train in the reader's browser, against kaol's
+#    fixtures) and scripts/check_binder.sh (the Binder environment built in a throwaway venv);
+# last: tests/browser, the built book opened page by page in headless Chromium (skipped when
+#    no Chromium is installed: as root this script installs Debian's chromium first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,28 +37,24 @@ mkdir -p "$scratch/numba" "$scratch/cache-cpu" "$scratch/cache-seeds"
 status=0
 # run NAME COMMAND...: run in the background, output to $scratch/NAME.log
 run() { local name=$1; shift; "$@" >"$scratch/$name.log" 2>&1 & pids[$name]=$!; }
-# finish NAME [advisory]: wait for it, print its log, record a failure (pytest's 5, no
-# tests, is none); an advisory pass reports its failure without failing the run.
+# finish NAME: wait for it, print its log, record a failure (pytest's 5, no tests, is none)
 finish() {
     local rc=0
     wait "${pids[$1]}" || rc=$?
     echo "== $1 (exit code $rc)"; cat "$scratch/$1.log"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
-        if [ "${2:-}" = advisory ]; then echo "== $1 FAILED (advisory: see README)"; else status=1; fi
-    fi
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=1; fi
 }
 declare -A pids
-run pytest pytest --ignore=tests/browser
-run fresh-seeds env KAOL_SEED_OFFSET=1000 KAOL_CACHE="$scratch/cache-seeds" \
-    pytest -p no:cacheprovider --nbval-lax book
-finish pytest
-finish fresh-seeds advisory
-run another-cpu env NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$scratch/numba" \
-    KAOL_CACHE="$scratch/cache-cpu" pytest -p no:cacheprovider book
-# web/kaol.js, the model the live figures train in the reader's browser, against kaol's
-# fixtures; then the Binder environment, in a throwaway venv outside the clone.
-run node-and-binder bash -c "node --test tests/js/ && bash scripts/check_binder.sh"
-finish another-cpu
-finish node-and-binder
+run unit-then-book-another-cpu bash -c '
+    pytest tests --ignore=tests/browser; unit=$?
+    NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$0/numba" \
+        KAOL_CACHE="$0/cache-cpu" pytest -p no:cacheprovider book; book=$?
+    exit $(( unit || book ))' "$scratch"
+run fresh-seeds-node-binder bash -c '
+    KAOL_SEED_OFFSET=1000 KAOL_CACHE="$0/cache-seeds" pytest -p no:cacheprovider --nbval-lax book
+    seeds=$?; node --test tests/js/; node=$?; bash scripts/check_binder.sh; binder=$?
+    exit $(( seeds || node || binder ))' "$scratch"
+finish unit-then-book-another-cpu
+finish fresh-seeds-node-binder
 pytest -p no:cacheprovider tests/browser || { rc=$?; [ "$rc" -eq 5 ] || status=1; }
 exit "$status"
