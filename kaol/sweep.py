@@ -16,7 +16,7 @@ import torch
 
 from . import checks
 from .cache import memo
-from .data import DataConfig, entropy, make_data
+from .data import DataConfig, KnowledgeData, entropy, make_data
 from .metrics import rank1_share
 from .model import ModelConfig
 from .train import FTConfig, FTHistory, PTHistory, Schedule, finetune, pretrain
@@ -36,6 +36,30 @@ def pretrained(cfg: DataConfig, seeds: list[int], model: ModelConfig = ModelConf
         data = [make_data(cfg.with_(seed=s)) for s in seeds]
         return pretrain(data, model, schedule, seed=list(seeds), log_every=log_every)
     return memo("pretrain", (replace(cfg, N_ft=0, seed=0), tuple(seeds), model, schedule, log_every), compute)
+
+
+def finetuned(cfg: DataConfig, seeds: list[int], N_ft: list[int], model: ModelConfig = ModelConfig(),
+              ft: FTConfig = FTConfig(), schedule: Schedule = Schedule()
+              ) -> tuple[list[KnowledgeData], dict[str, torch.Tensor], FTHistory]:
+    """Fine-tune the pre-trained model of every seed (``pretrained``) on every ``N~_f`` in
+    ``N_ft`` (Sec. 4): one batch of runs in the order ``product(seeds, N_ft)``, cached on disk.
+
+    Returns the data set of each run, the fine-tuned parameters and the history, with the
+    predictions at every step. ``N_ft``: a non-empty list of ints, each valid for ``cfg``."""
+    _check_configs(cfg, model, schedule)
+    checks.of_type("ft", ft, FTConfig)
+    seeds = checks.seeds("seeds", seeds, distinct=True)
+    Ns = checks.ints("N_ft", N_ft, lo=1)
+    runs = list(product(range(len(seeds)), Ns))
+    data = [make_data(cfg.with_(seed=seeds[si], N_ft=n)) for si, n in runs]
+
+    def compute() -> tuple[dict[str, torch.Tensor], FTHistory]:
+        params, _ = pretrained(cfg, seeds, model, schedule)
+        idx = torch.tensor([si for si, _ in runs])
+        return finetune({k: p[idx] for k, p in params.items()}, data, model, ft)
+    params, hist = memo("finetuned", (replace(cfg, N_ft=0, seed=0), tuple(seeds), tuple(Ns), model, schedule, ft),
+                        compute)
+    return data, params, hist
 
 
 def grid(base: DataConfig = DataConfig(), K: list[int] | None = None, N_ft: list[int] | None = None,

@@ -36,22 +36,22 @@ trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/numba" "$scratch/cache-cpu" "$scratch/cache-seeds"
 status=0
 # run NAME COMMAND...: run in the background, output to $scratch/NAME.log
-run() { local name=$1; shift; "$@" >"$scratch/$name.log" 2>&1 & pids[$name]=$!; }
+run() { local name=$1; shift; "$@" >"$scratch/$name.log" 2>&1 & pids[$name]=$!; started[$name]=$SECONDS; }
 # finish NAME: wait for it, print its log, record a failure (pytest's 5, no tests, is none)
 finish() {
     local rc=0
     wait "${pids[$1]}" || rc=$?
-    echo "== $1 (exit code $rc)"; cat "$scratch/$1.log"
+    echo "== $1 (exit code $rc, $((SECONDS - started[$1])) s)"; cat "$scratch/$1.log"
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=1; fi
 }
-declare -A pids
+declare -A pids started
 run unit-then-book-another-cpu bash -c '
-    pytest tests --ignore=tests/browser; unit=$?
+    pytest tests --ignore=tests/browser --durations=10; unit=$?
     NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$0/numba" \
-        KAOL_CACHE="$0/cache-cpu" pytest -p no:cacheprovider book; book=$?
+        KAOL_CACHE="$0/cache-cpu" pytest -p no:cacheprovider --durations=10 book; book=$?
     exit $(( unit || book ))' "$scratch"
 run fresh-seeds-node-binder bash -c '
-    KAOL_SEED_OFFSET=1000 KAOL_CACHE="$0/cache-seeds" pytest -p no:cacheprovider --nbval-lax book
+    KAOL_SEED_OFFSET=1000 KAOL_CACHE="$0/cache-seeds" pytest -p no:cacheprovider --durations=10 --nbval-lax book
     seeds=$?; node --test tests/js/; node=$?; bash scripts/check_binder.sh; binder=$?
     exit $(( seeds || node || binder ))' "$scratch"
 finish unit-then-book-another-cpu

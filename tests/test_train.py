@@ -247,3 +247,26 @@ def test_history_tables() -> None:
     f = fh.table()
     assert len(f) == 2 * (FT.steps + 1) and list(f.columns) == ["run", "step", "loss", "acc_freq", "acc_rare", "acc"]
     assert np.array_equal(f.loc[f["run"] == 1, "acc"], fh.acc[:, 1])
+
+
+def test_finetuned_is_the_batch_of_its_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sweep.finetuned`` equals fine-tuning the pre-trained models run by run, in the order
+    ``product(seeds, N_ft)``, and refuses an empty or invalid ``N_ft`` list."""
+    from itertools import product
+
+    from kaol import sweep
+
+    monkeypatch.setenv("KAOL_CACHE", "off")
+    cfg, seeds, Ns = DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=2), [0, 1], [2, 4]
+    schedule, ft = Schedule(T1=2, T2=5, T=10), FTConfig(steps=3)
+    data, params, hist = sweep.finetuned(cfg, seeds, Ns, ft=ft, schedule=schedule)
+    pre, _ = sweep.pretrained(cfg, seeds, schedule=schedule)
+    for b, (si, n) in enumerate(product(range(len(seeds)), Ns)):
+        assert data[b].cfg == cfg.with_(seed=seeds[si], N_ft=n)
+        one, h = finetune({k: p[si:si + 1] for k, p in pre.items()}, data[b], cfg=ft)
+        assert torch.equal(params["V"][b], one["V"][0])
+        np.testing.assert_array_equal(hist.acc_freq[:, b], h.acc_freq[:, 0])
+    with pytest.raises(ValueError, match="empty"):
+        sweep.finetuned(cfg, seeds, [], ft=ft, schedule=schedule)
+    with pytest.raises(ValueError, match="N_ft"):
+        sweep.finetuned(cfg, seeds, [7], ft=ft, schedule=schedule)
