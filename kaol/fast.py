@@ -243,14 +243,14 @@ def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool =
     z, ce = _buffer(reuse, "logits", (B, n, T), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
     gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, T), V.dtype).zero_()
     gW = _buffer(reuse, "gW", (B, T, T if grad and grad_W else 0), V.dtype).zero_()
-    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, T), V.dtype).zero_().numpy()
-    dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_().numpy()
+    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, T), V.dtype).zero_()
+    dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_()
     _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.r.numpy(), V.detach().contiguous().numpy(),
           batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad,
-          batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part, dscore)
-    _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore, grad, grad and grad_W, batch.sums, part,
+          batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part.numpy(), dscore.numpy())
+    _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W, batch.sums, part.numpy(),
             loss.numpy(), gV.numpy(), gW.numpy())
-    out = Pass(loss, ce, S, z, part=torch.from_numpy(part), dscore=torch.from_numpy(dscore))
+    out = Pass(loss, ce, S, z, part=part, dscore=dscore)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:

@@ -51,12 +51,10 @@ def finetuned(cfg: DataConfig, seeds: list[int], N_ft: list[int], model: ModelCo
     seeds = checks.seeds("seeds", seeds, distinct=True)
     Ns = checks.ints("N_ft", N_ft, lo=1)
     runs = list(product(range(len(seeds)), Ns))
-    data = [make_data(cfg.with_(seed=seeds[si], N_ft=n)) for si, n in runs]
+    data = _data(cfg, seeds, runs)
 
     def compute() -> tuple[dict[str, torch.Tensor], FTHistory]:
-        params, _ = pretrained(cfg, seeds, model, schedule)
-        idx = torch.tensor([si for si, _ in runs])
-        return finetune({k: p[idx] for k, p in params.items()}, data, model, ft)
+        return _finetune(pretrained(cfg, seeds, model, schedule)[0], data, runs, model, ft)
     params, hist = memo("finetuned", (replace(cfg, N_ft=0, seed=0), tuple(seeds), tuple(Ns), model, schedule, ft),
                         compute)
     return data, params, hist
@@ -90,8 +88,12 @@ def grid(base: DataConfig = DataConfig(), K: list[int] | None = None, N_ft: list
         cfg = base.with_(K=k, R=r)
         params, pt = pretrained(cfg, seeds, model, schedule)
         runs = list(product(range(len(seeds)), Ns))
-        hist = memo("finetune", (cfg.with_(seed=0), tuple(seeds), tuple(Ns), model, schedule, ft),
-                    lambda: _finetune(params, cfg, seeds, runs, model, ft))
+
+        def compute() -> FTHistory:
+            _, h = _finetune(params, _data(cfg, seeds, runs), runs, model, ft)
+            h.pred = np.zeros((0,) + h.pred.shape[1:], dtype=h.pred.dtype)   # kept small
+            return h
+        hist = memo("finetune", (cfg.with_(seed=0), tuple(seeds), tuple(Ns), model, schedule, ft), compute)
         for b, (si, n) in enumerate(runs):
             rows.append(_row(cfg.with_(N_ft=n, seed=seeds[si]), hist, b, pt.loss[-1][si], ft))
             curves[(k, n, r, seeds[si])] = _slice(hist, b)
@@ -104,13 +106,16 @@ def _check_configs(cfg: DataConfig, model: ModelConfig, schedule: Schedule) -> N
     checks.of_type("schedule", schedule, Schedule)
 
 
-def _finetune(params: dict[str, torch.Tensor], cfg: DataConfig, seeds: list[int],
-              runs: list[tuple[int, int]], model: ModelConfig, ft: FTConfig) -> FTHistory:
+def _data(cfg: DataConfig, seeds: list[int], runs: list[tuple[int, int]]) -> list[KnowledgeData]:
+    """The data set of each run ``(seed index, N~_f)``."""
+    return [make_data(cfg.with_(seed=seeds[si], N_ft=n)) for si, n in runs]
+
+
+def _finetune(params: dict[str, torch.Tensor], data: list[KnowledgeData], runs: list[tuple[int, int]],
+              model: ModelConfig, ft: FTConfig) -> tuple[dict[str, torch.Tensor], FTHistory]:
+    """Run ``b`` fine-tuned on ``data[b]`` from the pre-trained model of its seed ``runs[b][0]``, all in one batch."""
     idx = torch.tensor([si for si, _ in runs])
-    data = [make_data(cfg.with_(seed=seeds[si], N_ft=n)) for si, n in runs]
-    _, hist = finetune({k: p[idx] for k, p in params.items()}, data, model, ft)
-    hist.pred = np.zeros((0,) + hist.pred.shape[1:], dtype=hist.pred.dtype)
-    return hist
+    return finetune({k: p[idx] for k, p in params.items()}, data, model, ft)
 
 
 def _slice(h: FTHistory, b: int) -> FTHistory:
