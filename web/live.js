@@ -2,8 +2,9 @@
 // "cell" (the snippets web/embed/<name>.html) gets its controls wired to a Web Worker that
 // trains the model of web/kaol.js (web/worker.js), and its curves drawn with plotly.js (served
 // by the book, book/_ext/plotly_static.py). Each element reports its state for readers and tests:
-// data-kaol-status = running | done | error, data-kaol-ms = wall time of its last run,
-// data-kaol-runs = number of finished runs.
+// data-kaol-status = running | done | error, data-kaol-ms = wall time of its last run (settings
+// read to curves drawn), data-kaol-worker-ms = the part of it spent in the worker (loading and
+// training), data-kaol-runs = number of finished runs.
 
 const BASE = new URL('./data/', import.meta.url);
 let worker = null, nextId = 0;
@@ -129,9 +130,10 @@ function mount(el) {
     el.setAttribute('data-kaol-status', 'running');
     say(el, 'running in your browser...');
     try {
-      const { result } = await call(fig.task, a, msg => (fig.progress || ((e, m, x) => fig.show(e, m.hist, x, false)))(el, msg, a));
+      const { result, ms } = await call(fig.task, a, msg => (fig.progress || ((e, m, x) => fig.show(e, m.hist, x, false)))(el, msg, a));
       fig.show(el, result, a, true);
       el.setAttribute('data-kaol-ms', String(Math.round(performance.now() - t0)));
+      el.setAttribute('data-kaol-worker-ms', String(Math.round(ms)));
       el.setAttribute('data-kaol-runs', String(Number(el.dataset.kaolRuns || 0) + 1));
       el.setAttribute('data-kaol-status', 'done');
     } catch (err) {

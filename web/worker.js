@@ -4,7 +4,7 @@
 // 'done' | 'error', ...}.
 import * as kaol from './kaol.js';
 
-const loaded = new Map();
+const loaded = new Map(), decoded = new WeakMap();
 
 /** The exported file `file` (kaol.web) as 'json' or 'arrayBuffer', fetched once. */
 function load(base, file, how) {
@@ -40,8 +40,8 @@ function initial(meta, buf) {
   return { W: all.slice(0, T * T), V: all.slice(T * T) };
 }
 
-function every(n, fn) {    // fn, called at most once every n ms
-  let last = 0;
+function every(n, fn) {    // fn, called at most once every n ms, first n ms after this call (a short run posts no progress)
+  let last = performance.now();
   return (...args) => { const now = performance.now(); if (now - last > n) { last = now; fn(...args); } };
 }
 
@@ -50,7 +50,8 @@ const tasks = {
   async finetune({ base, N_ft, eta, steps, rank1 }, post) {
     const [meta, buf] = await Promise.all([load(base, 'finetune.json', 'json'), load(base, 'finetune.bin', 'arrayBuffer')]);
     const { m, lam, T } = meta.model, [U] = meta.V_shape;
-    const V = decode(buf, meta.V_dtype);
+    if (!decoded.has(buf)) decoded.set(buf, decode(buf, meta.V_dtype));     // decoded once, copied per run
+    const V = decoded.get(buf).slice();
     kaol.expectLength('checkpoint V rows', V, U * m * T);
     kaol.expectLength('checkpoint row ids', meta.V_rows, U);
     const vrow = new Int32Array(T).fill(-1);
