@@ -13,7 +13,7 @@ It measures, in one run (a few minutes on 2 CPU cores):
 (a) one book-scale run: ``make_data(DataConfig())``, ``pretrain`` with the default
     ``Schedule`` and ``finetune`` with the default ``FTConfig`` (targets: the whole run
     < 1 s, fine-tuning < 0.05 s), with the multiply-adds per pre-training step that the
-    kernel does (Lemma 1: ``m T`` per token of a row forward, twice that backward), the
+    kernel does (Lemma 1: ``m vocab_size`` per token of a row forward, twice that backward), the
     rate achieved, and the bytes of ``V`` it moves per step (the rows of ``V`` and
     ``dL/dV`` that the inputs touch: ``V`` read, ``dL/dV`` written, then read with ``V``
     and ``V`` written by the update) and that rate;
@@ -85,8 +85,8 @@ def reference_rates() -> tuple[float, float, list[Row]]:
         A @ A
     mac = reps * 1024 ** 3 / (time.perf_counter() - start)
     torch.set_num_threads(threads)
-    T, m = make_data(DataConfig()).vocab.size, ModelConfig().m
-    src = np.random.default_rng(0).standard_normal(T * m * T).astype(np.float32)
+    vocab_size, m = make_data(DataConfig()).vocab.size, ModelConfig().m
+    src = np.random.default_rng(0).standard_normal(vocab_size * m * vocab_size).astype(np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)
     reps, start = 200, time.perf_counter()
@@ -100,11 +100,11 @@ def reference_rates() -> tuple[float, float, list[Row]]:
 
 def step_work(data, model: ModelConfig) -> tuple[float, float]:
     """Multiply-adds and bytes of ``V`` moved by one pre-training step of ``kaol.fast`` (see (a))."""
-    s, T, m = data.pretrain, data.vocab.size, model.m
+    s, vocab_size, m = data.pretrain, data.vocab.size, model.m
     tokens = float(s.mask.sum())
     rows = len(torch.unique(s.tokens[s.mask]))
     size = torch.finfo(model.dtype).bits // 8
-    return 3 * tokens * m * T, 5 * rows * m * T * size
+    return 3 * tokens * m * vocab_size, 5 * rows * m * vocab_size * size
 
 
 def book_run(mac_ref: float, copy_ref: float) -> list[Row]:
@@ -193,8 +193,8 @@ def peak_memory(threads: int, steps: int = 3) -> list[Row]:
                 f"print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         kib = int(out.stdout.split()[-1])
-        T = make_data(DataConfig()).vocab.size
-        par = B * (T * T + T * ModelConfig().m * T) * 4 / 2 ** 20
+        vocab_size = make_data(DataConfig()).vocab.size
+        par = B * (vocab_size * vocab_size + vocab_size * ModelConfig().m * vocab_size) * 4 / 2 ** 20
         rows.append(Row(f"(d) peak RSS, pre-training B = {B} (fresh process)",
                         f"{kib / 1024:.0f} MiB (parameters {par:.0f} MiB)"))
     return rows

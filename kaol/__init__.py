@@ -2,8 +2,10 @@
 
 Modules, one idea each: ``data`` (Sec. 3), ``model`` (Sec. 2 and Table 3), ``fast`` (exact
 sparse gradients, Lemma 1), ``train`` (Sec. 4, App. H), ``metrics``, ``mechanism`` (coverage),
-``dense`` (the dense reference), ``checks`` (input checks), ``cache``, ``sweep`` and ``experiments`` (Sec. 7 grids),
-``lora`` (peft), ``lm`` and ``popqa`` (GPT-2, causal LMs, PopQA), ``plots``, ``widgets``, ``claims``.
+``dense`` (the dense reference), ``checks`` (input checks), ``cache``, ``sweep`` (Sec. 7 grids),
+``scales``, ``parallel``, ``analysis``, ``table3`` and ``experiments`` (chapter 6, its command line),
+``lora`` (peft), ``gpt2``, ``gpt2_synthetic``, ``gpt2_text``, ``causal_lm``, ``lmtrain`` (their one
+training loop), ``scoring`` and ``popqa`` (GPT-2, causal LMs, PopQA), ``plots``, ``widgets``, ``claims``.
 """
 from .data import DataConfig, KnowledgeData, Vocab, entropy, make_data
 from .model import ARCHS, ModelConfig, forward, init_params

@@ -1,10 +1,10 @@
 """The one disk cache of ``kaol``: results keyed by configuration and code, stored so that
 loading an entry can run no code and a damaged entry is never trusted.
 
-Rule, for every cached result of the package (``sweep``, ``experiments``, ``lm``):
+Rule, for every cached result of the package (``sweep``, ``table3``, the language-model modules):
 
 * **Key**: the configuration (``parts``), a hash of the source of the whole ``kaol``
-  package (every ``kaol/*.py``), the versions of torch, numpy and numba, and
+  package (every ``.py`` file under ``kaol/``), the versions of torch, numpy and numba, and
   ``$KAOL_SEED_OFFSET`` (``kaol.seeds.offset``). Editing any module invalidates every entry.
 * **Format**: one file ``NAME-KEY.pt`` holding a dict of tensors and one JSON string, written
   with ``torch.save`` and read with ``torch.load(weights_only=True)``, which unpickles
@@ -51,8 +51,7 @@ FORMAT = 2
 STALE_SECONDS = 600
 """A ``*.tmp`` file in the cache folder older than this (seconds) was left by a killed writer."""
 
-ALLOWED = ("kaol.train.PTHistory", "kaol.train.FTHistory", "kaol.lora.LoRAHistory", "kaol.lm.SynthResult",
-           "kaol.lm.TextResult")
+ALLOWED = ("kaol.train.PTHistory", "kaol.train.FTHistory", "kaol.lora.LoRAHistory")
 """The dataclasses an entry may be rebuilt into (``module.Class``); nothing else is ever constructed."""
 
 
@@ -79,10 +78,12 @@ def cache_dir() -> Path | None:
 
 @lru_cache(maxsize=1)
 def _code_hash() -> str:
-    """Hash of every ``kaol/*.py`` and of the versions of torch, numpy and numba."""
+    """Hash of every ``.py`` file of the package (subfolders included) and of the versions of
+    torch, numpy and numba."""
     h = hashlib.sha256()
-    for p in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     for pkg in ("torch", "numpy", "numba"):
         try:
             v = version(pkg)

@@ -79,11 +79,11 @@ class DataConfig:
             raise ValueError(f"N_ft = {self.N_ft} fine-tuning facts are drawn from the N_f = "
                              f"{self.N_f} frequent facts: lower N_ft or raise N_f")
         rows = self.N_f * (self.K + 1) + 2 * self.N_r
-        T = 2 * (self.N_f + self.N_r) + self.R + 2
+        vocab_size = 2 * (self.N_f + self.N_r) + self.R + 2
         checks.fits(f"DataConfig(N_f={self.N_f}, N_r={self.N_r}, K={self.K}, R={self.R})",
-                    max(rows * 1000, 4 * T * T),
-                    f"its {rows} samples (about 1 kB each while built) and a model on its vocabulary of {T} "
-                    f"tokens (at least one T x T matrix) do not fit; lower N_f, N_r or K")
+                    max(rows * 1000, 4 * vocab_size * vocab_size),
+                    f"its {rows} samples (about 1 kB each while built) and a model on its vocabulary of {vocab_size} "
+                    f"tokens (at least one vocab_size x vocab_size matrix) do not fit; lower N_f, N_r or K")
 
     @property
     def N(self) -> int:

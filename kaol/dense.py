@@ -3,10 +3,10 @@
 The rest of the package works in the token basis: orthogonal embeddings (Sec. 3) are
 placed on standard basis vectors, which loses nothing because the Gaussian
 initialisation is rotation invariant on the input side. This module checks that
-claim: each token ``t`` is embedded as ``x_t = rho_t E[:, t]``, where ``E`` (d x T) has
+claim: each token ``t`` is embedded as ``x_t = rho_t E[:, t]``, where ``E`` (d x vocab_size) has
 random orthonormal columns (QR of a seeded Gaussian), ``W`` is a dense d x d matrix,
 ``V`` holds ``m`` dense d-vectors ``v_{j,n}`` per output coordinate ``j`` and plain
-autograd gives the gradients. The logits stay over the ``T`` vocabulary tokens.
+autograd gives the gradients. The logits stay over the ``vocab_size`` vocabulary tokens.
 
 Parameters map between the two pictures (Sec. 2: scores ``x_l^T W x_L``, MLP
 pre-activations ``<v_{j,n}, h>``)::
@@ -56,26 +56,26 @@ class DenseResult:
     step_times: np.ndarray
 
 
-def embeddings(T: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Random orthonormal embedding directions ``E`` (d x T), from the QR of a seeded Gaussian.
+def embeddings(vocab_size: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Random orthonormal embedding directions ``E`` (d x vocab_size), from the QR of a seeded Gaussian.
 
     Sec. 3 asks for mutually orthogonal embeddings in ``d >= |vocab|`` dimensions; the
     norms ``rho`` are applied separately (``embed``), so ``E`` has unit-norm columns.
     """
-    if T <= 0:
-        raise ValueError(f"vocabulary size T = {T} must be positive")
-    if d < T:
-        raise ValueError(f"embedding dimension d = {d} is below the vocabulary size T = {T}: "
-                         f"T orthogonal embeddings need d >= T (Sec. 3)")
+    if vocab_size <= 0:
+        raise ValueError(f"vocabulary size vocab_size = {vocab_size} must be positive")
+    if d < vocab_size:
+        raise ValueError(f"embedding dimension d = {d} is below the vocabulary size vocab_size = {vocab_size}: "
+                         f"that many orthogonal embeddings need d >= vocab_size (Sec. 3)")
     g = torch.Generator().manual_seed(seed)
-    Q, R = torch.linalg.qr(torch.randn(d, T, generator=g, dtype=torch.float64))
+    Q, R = torch.linalg.qr(torch.randn(d, vocab_size, generator=g, dtype=torch.float64))
     Q = Q * torch.sign(torch.diagonal(R))[None, :]          # a unique, Haar-distributed frame
     return Q.to(dtype)
 
 
 def embed(E: torch.Tensor, rho: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Input matrices ``X`` as (n, L, d): ``x_l = rho_{t_l} E[:, t_l]``, zero on padding (Sec. 2)."""
-    scaled = E * rho.to(E.dtype)[None, :]                     # (d, T): the context column times rho_c
+    scaled = E * rho.to(E.dtype)[None, :]                     # (d, vocab_size): the context column times rho_c
     return scaled.t()[tokens] * mask[..., None].to(E.dtype)
 
 
@@ -86,13 +86,14 @@ def _orth_complement(E: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 def to_dense(W_tok: torch.Tensor, V_tok: torch.Tensor, E: torch.Tensor, sigma_perp: float = 0.0,
              seed: int = 0) -> DenseParams:
-    """Lift token-basis ``W_tok`` (T, T) and ``V_tok`` (T, m, T) of one run to dense parameters.
+    """Lift token-basis ``W_tok`` (vocab_size, vocab_size) and ``V_tok`` (vocab_size, m, vocab_size) of one run
+    to dense parameters.
 
     With ``sigma_perp > 0`` a random N(0, sigma_perp^2) part outside ``span(E)`` is added
     (``E^T C E = 0`` for ``W``, ``E^T u = 0`` for each neuron), which must stay inert.
     """
-    d, T = E.shape
-    _check_shapes(W_tok, V_tok, T)
+    d, vocab_size = E.shape
+    _check_shapes(W_tok, V_tok, vocab_size)
     m = V_tok.shape[1]
     W = E @ W_tok.to(E.dtype) @ E.t()
     V = torch.einsum("dt,tnj->jnd", E, V_tok.to(E.dtype))
@@ -100,24 +101,27 @@ def to_dense(W_tok: torch.Tensor, V_tok: torch.Tensor, E: torch.Tensor, sigma_pe
         g = torch.Generator().manual_seed(seed)
         G = sigma_perp * torch.randn(d, d, generator=g, dtype=E.dtype)
         W = W + G - E @ (E.t() @ G @ E) @ E.t()
-        U = sigma_perp * torch.randn(d, T * m, generator=g, dtype=E.dtype)
-        V = V + _orth_complement(E, U).t().reshape(T, m, d)
+        U = sigma_perp * torch.randn(d, vocab_size * m, generator=g, dtype=E.dtype)
+        V = V + _orth_complement(E, U).t().reshape(vocab_size, m, d)
     return DenseParams(W, V)
 
 
 def to_tokens(p: DenseParams, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-basis ``W_tok = E^T W E`` (T, T) and ``V_tok[t, n, j] = <v_{j,n}, E[:, t]>`` (T, m, T)."""
+    """Token-basis ``W_tok = E^T W E`` (vocab_size, vocab_size) and ``V_tok[t, n, j] = <v_{j,n}, E[:, t]>``
+    (vocab_size, m, vocab_size)."""
     return E.t() @ p.W @ E, torch.einsum("dt,jnd->tnj", E, p.V)
 
 
-def _check_shapes(W_tok: torch.Tensor, V_tok: torch.Tensor, T: int) -> None:
-    if W_tok.shape != (T, T) or V_tok.dim() != 3 or V_tok.shape[0] != T or V_tok.shape[2] != T:
-        raise ValueError(f"token-basis parameters of one run need W (T, T) and V (T, m, T) with T = {T}, "
+def _check_shapes(W_tok: torch.Tensor, V_tok: torch.Tensor, vocab_size: int) -> None:
+    if W_tok.shape != (vocab_size, vocab_size) or V_tok.dim() != 3 or V_tok.shape[0] != vocab_size \
+            or V_tok.shape[2] != vocab_size:
+        raise ValueError(f"token-basis parameters of one run need W (vocab_size, vocab_size) and V (vocab_size, m, "
+                         f"vocab_size) with vocab_size = {vocab_size}, "
                          f"got W {tuple(W_tok.shape)} and V {tuple(V_tok.shape)}")
 
 
 def forward(p: DenseParams, X: torch.Tensor, mask: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (n, T) and attention (n, L) of the simplified model, plain dense (Sec. 2).
+    """Logits (n, vocab_size) and attention (n, L) of the simplified model, plain dense (Sec. 2).
 
     ``S = softmax(X^T W x_L)``, ``h = X S``, ``F_j = sum_n ReLU(<v_{j,n}, h>)``, ``z = lambda F``.
     """
@@ -145,17 +149,17 @@ def dense_pretrain(data: KnowledgeData, model: ModelConfig, schedule: Schedule, 
                    emb_seed: int = 1, sigma_perp: float | None = None) -> DenseResult:
     """Full-batch gradient descent (Sec. 4) on the dense model, with autograd.
 
-    The initial token-basis parameters are those of ``kaol.model.init_params(model, T, 1,
+    The initial token-basis parameters are those of ``kaol.model.init_params(model, vocab_size, 1,
     seed)``, lifted with ``to_dense`` plus an inert part outside ``span(E)`` of scale
     ``sigma_perp`` (default ``model.sigma0``); the run must then reproduce
     ``kaol.train.pretrain(data, model, schedule, seed)``.
     """
     if model.arch != "simplified":
         raise ValueError(f"the dense reference is the simplified model of Sec. 2, not arch = {model.arch!r}")
-    T, s = data.vocab.size, data.pretrain
-    E = embeddings(T, d, emb_seed, model.dtype)
+    vocab_size, s = data.vocab.size, data.pretrain
+    E = embeddings(vocab_size, d, emb_seed, model.dtype)
     X = embed(E, data.vocab.rho, s.tokens, s.mask)
-    tok = init_params(model, T, 1, seed)
+    tok = init_params(model, vocab_size, 1, seed)
     sp = model.sigma0 if sigma_perp is None else sigma_perp
     p = to_dense(tok["W"][0], tok["V"][0], E, sp, seed=emb_seed + 1)
     W, V = p.W.requires_grad_(True), p.V.requires_grad_(True)

@@ -3,12 +3,12 @@
 Orthogonal embeddings make the attention output ``h = X S`` a combination of the
 2-4 tokens of the input, ``h = sum_l a_l e_{t_l}`` with ``a_l = S_l rho_{t_l}``, so the
 pre-activations of every neuron are ``sum_l a_l V[t_l]``: each input reads only the
-2-4 rows of ``V`` (one per token, ``m x T`` values each) that its tokens select. A
+2-4 rows of ``V`` (one per token, ``m x vocab_size`` values each) that its tokens select. A
 compiled loop (``numba``) goes over the inputs of every run, in parallel chunks of
 inputs (``Batch``); per input it forms the
-``m x T`` pre-activations in a small buffer, the logits, the loss and, from the same
+``m x vocab_size`` pre-activations in a small buffer, the logits, the loss and, from the same
 buffer, the gradients of the rows of ``V`` it read, so nothing of size
-``inputs x m x T`` is ever stored. The attention, its gradient and the update are
+``inputs x m x vocab_size`` is ever stored. The attention, its gradient and the update are
 compiled loops too.
 
 The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)``
@@ -67,19 +67,19 @@ class Batch:
 
     tokens: torch.Tensor   # (B, n, L)
     mask: torch.Tensor     # (B, n, L)
-    r: torch.Tensor        # (B, n, L) rho of each token, 0 on padding
-    rho: torch.Tensor      # (B, T) embedding norms of each run
+    rho_tokens: torch.Tensor  # (B, n, L) rho of each of ``tokens``, 0 on padding
+    rho: torch.Tensor      # (B, vocab_size) embedding norms of each run
     y_idx: torch.Tensor    # (B*n, k)
     y_prob: torch.Tensor   # (B*n, k)
     w: torch.Tensor        # (B, n)
     kind: torch.Tensor     # (B, n), -1 on padding rows
     fact: torch.Tensor     # (B, n)
-    T: int
+    vocab_size: int
     rows: torch.Tensor     # (U,) the tokens that occur in some input: the rows of V with a gradient
-    slot: torch.Tensor     # (T,) position of each token in ``rows``, -1 for the others
+    slot: torch.Tensor     # (vocab_size,) position of each token in ``rows``, -1 for the others
     order: np.ndarray      # (B, n) rows of each run by rarest token
     bounds: np.ndarray     # (B, CHUNKS + 1) chunk c of run b holds order[b, bounds[b, c]:bounds[b, c + 1]]
-    dest: np.ndarray       # (B, CHUNKS, T) where chunk c accumulates dL/dV[b, t]
+    dest: np.ndarray       # (B, CHUNKS, vocab_size) where chunk c accumulates dL/dV[b, t]
     sums: np.ndarray       # (B, shared, 1 + CHUNKS) gV slot of each shared row, then its partials
     n_part: int            # partial rows per run
 
@@ -88,13 +88,13 @@ class Batch:
         return tuple(self.tokens.shape)  # type: ignore[return-value]
 
     @staticmethod
-    def build(samples: Samples | list[Samples], T: int, rho: torch.Tensor | list[torch.Tensor],
+    def build(samples: Samples | list[Samples], vocab_size: int, rho: torch.Tensor | list[torch.Tensor],
               dtype: torch.dtype, B: int | None = None) -> "Batch":
         """Stack one ``Samples`` per run (or one shared by ``B`` runs) into a ``Batch``;
         ``rho`` holds the embedding norms, shared or one tensor per run."""
         runs = samples if isinstance(samples, list) else [samples] * (B or 1)
         rhos = rho if isinstance(rho, list) else [rho] * len(runs)
-        _check_inputs(runs, rhos, T)
+        _check_inputs(runs, rhos, vocab_size)
         B, n, L = len(runs), max(len(s) for s in runs), max(s.tokens.shape[1] for s in runs)
         k = max(s.y_idx.shape[1] for s in runs)
         tokens = torch.zeros(B, n, L, dtype=torch.long)
@@ -113,12 +113,13 @@ class Batch:
             y_idx[b, :m, :kk], y_prob[b, :m, :kk] = s.y_idx, s.y_prob.to(dtype)
             w[b, :m] = (s.weight / math.fsum(s.weight.tolist())).to(dtype)   # fsum: exactly rounded
         rho_b = torch.stack(rhos).to(dtype)
-        r = rho_b.gather(1, tokens.view(B, -1)).view(B, n, L) * mask
+        rho_tokens = rho_b.gather(1, tokens.view(B, -1)).view(B, n, L) * mask
         rows = torch.unique(tokens[mask])
-        slot = torch.full((T,), -1, dtype=torch.long)
+        slot = torch.full((vocab_size,), -1, dtype=torch.long)
         slot[rows] = torch.arange(len(rows))
-        return Batch(tokens, mask, r, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact, T,
-                     rows, slot, *_chunks(tokens.numpy(), mask.numpy(), [len(s) for s in runs], slot.numpy(), T))
+        return Batch(tokens, mask, rho_tokens, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact,
+                     vocab_size, rows, slot,
+                     *_chunks(tokens.numpy(), mask.numpy(), [len(s) for s in runs], slot.numpy(), vocab_size))
 
 
 CHUNKS = 4
@@ -126,7 +127,7 @@ CHUNKS = 4
 depend on the thread count)."""
 
 
-def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.ndarray, T: int
+def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.ndarray, vocab_size: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """``order``, ``bounds``, ``dest``, ``sums`` and ``n_part`` of ``Batch`` (see there). Run
     ``b`` has ``sizes[b]`` rows, then padding (which the last chunk computes, with no
@@ -134,14 +135,15 @@ def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.nda
     B, n, L = tokens.shape
     bounds = np.array([[size * c // CHUNKS for c in range(CHUNKS)] + [n] for size in sizes])
     order = np.tile(np.arange(n), (B, 1))
-    dest = np.zeros((B, CHUNKS, T), dtype=np.int64)
+    dest = np.zeros((B, CHUNKS, vocab_size), dtype=np.int64)
     runs = []
     for b in range(B):
         size = sizes[b]
-        count = np.bincount(tokens[b, :size][mask[b, :size]], minlength=T)
-        key = np.where(mask[b, :size], count[tokens[b, :size]] * T + tokens[b, :size], count.max() * T + T).min(1)
+        count = np.bincount(tokens[b, :size][mask[b, :size]], minlength=vocab_size)
+        key = np.where(mask[b, :size], count[tokens[b, :size]] * vocab_size + tokens[b, :size],
+                       count.max() * vocab_size + vocab_size).min(1)
         order[b, :size] = np.argsort(key, kind="stable")
-        used = np.zeros((CHUNKS, T), dtype=bool)
+        used = np.zeros((CHUNKS, vocab_size), dtype=bool)
         for c in range(CHUNKS):
             rows = order[b, bounds[b, c]:min(bounds[b, c + 1], size)]
             used[c, tokens[b, rows][mask[b, rows]]] = True
@@ -162,25 +164,27 @@ def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.nda
     return order, bounds, dest, sums, k * CHUNKS
 
 
-def _check_inputs(runs: list[Samples], rhos: list[torch.Tensor], T: int) -> None:
+def _check_inputs(runs: list[Samples], rhos: list[torch.Tensor], vocab_size: int) -> None:
     """The compiled loop reads ``V`` at token and target ids without bounds checks: check them once
-    here (ids in ``[0, T)``, finite positive norms), so a bad input is an error, not a crash."""
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise TypeError(f"T = {T!r} must be an int >= 1 (the vocabulary size)")
+    here (ids in ``[0, vocab_size)``, finite positive norms), so a bad input is an error, not a crash."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise TypeError(f"vocab_size = {vocab_size!r} must be an int >= 1 (the vocabulary size)")
     if not runs:
         raise ValueError("samples = []: pass at least one Samples")
     if len(rhos) != len(runs):
         raise ValueError(f"rho holds {len(rhos)} tensors for {len(runs)} runs: pass one per run (or one shared)")
-    for b, (s, r) in enumerate(zip(runs, rhos)):
-        if tuple(r.shape) != (T,):
-            raise ValueError(f"rho[{b}] has shape {tuple(r.shape)}, not ({T},): one norm per token")
-        if not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):
-            raise ValueError(f"rho[{b}] must hold finite norms > 0, got min {float(r.min()):g}, max {float(r.max()):g}")
+    for b, (s, rho) in enumerate(zip(runs, rhos)):
+        if tuple(rho.shape) != (vocab_size,):
+            raise ValueError(f"rho[{b}] has shape {tuple(rho.shape)}, not ({vocab_size},): one norm per token")
+        if not bool(torch.isfinite(rho).all()) or not bool((rho > 0).all()):
+            raise ValueError(f"rho[{b}] must hold finite norms > 0, got min {float(rho.min()):g}, "
+                             f"max {float(rho.max()):g}")
         if len(s) == 0:
             continue
         for name, ids in (("token ids", s.tokens[s.mask]), ("target ids", s.y_idx)):
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= T):
-                raise ValueError(f"run {b}: {name} must lie in [0, {T}), got [{int(ids.min())}, {int(ids.max())}]")
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+                raise ValueError(f"run {b}: {name} must lie in [0, {vocab_size}), "
+                                 f"got [{int(ids.min())}, {int(ids.max())}]")
         if not bool(torch.isfinite(s.y_prob).all()) or not bool(torch.isfinite(s.weight).all()) \
                 or float(s.weight.sum()) <= 0:
             raise ValueError(f"run {b}: target probabilities and weights must be finite, with a positive total weight")
@@ -193,59 +197,63 @@ class Pass:
     loss: torch.Tensor          # (B,) weighted mean cross-entropy of each run
     ce: torch.Tensor            # (B, n) cross-entropy of each row
     S: torch.Tensor             # (B, n, L) attention of the last token
-    logits: torch.Tensor        # (B, n, T)
+    logits: torch.Tensor        # (B, n, vocab_size)
     gW: torch.Tensor | None = None
-    gV_rows: torch.Tensor | None = None   # (B, U, m, T): dL/dV[:, rows], the only rows that are not 0
+    gV_rows: torch.Tensor | None = None   # (B, U, m, vocab_size): dL/dV[:, rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
     part: torch.Tensor | None = None      # work space: the chunks' partial dL/dV rows
     dscore: torch.Tensor | None = None    # work space: dL/d(score) of every row
 
     @property
     def gV(self) -> torch.Tensor | None:
-        """The whole ``dL/dV`` (B, T, m, T), zero outside ``rows``."""
+        """The whole ``dL/dV`` (B, vocab_size, m, vocab_size), zero outside ``rows``."""
         return None if self.gV_rows is None else whole(self.gV_rows, self.rows)
 
 
 def whole(g_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """A V gradient (B, U, m, T) given on the rows ``rows`` at its full size (B, T, m, T)."""
-    B, _, m, T = g_rows.shape
-    full = g_rows.new_zeros(B, T, m, T)
+    """A V gradient (B, U, m, vocab_size) given on the rows ``rows`` at its full size
+    (B, vocab_size, m, vocab_size)."""
+    B, _, m, vocab_size = g_rows.shape
+    full = g_rows.new_zeros(B, vocab_size, m, vocab_size)
     full[:, rows] = g_rows
     return full
 
 
 def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
     """``S = softmax(X^T W x_L)`` for every row (Sec. 2)."""
-    S = torch.empty(batch.r.shape, dtype=W.dtype)
-    _attention(batch.tokens.numpy(), batch.r.numpy(), W.detach().contiguous().numpy(), S.numpy())
+    S = torch.empty(batch.rho_tokens.shape, dtype=W.dtype)
+    _attention(batch.tokens.numpy(), batch.rho_tokens.numpy(), W.detach().contiguous().numpy(), S.numpy())
     return S
 
 
 def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
         grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None) -> Pass:
-    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, T, T) and of the rows of
-    ``V`` (B, T, m, T) that the inputs read (``Pass.gV_rows``; ``Pass.gV`` is the whole of it).
+    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, vocab_size, vocab_size) and of
+    the rows of ``V`` (B, vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
+    ``Pass.gV`` is the whole of it).
 
     ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention. ``reuse``, the
     ``Pass`` of an earlier call on the same batch, lends its logits, cross-entropies and
     gradients as work space: they are overwritten (the training loops pass the previous
     step's, which saves the page faults of fresh buffers of several MB at every step).
     """
-    B, T, m, _ = V.shape
+    B, vocab_size, m, _ = V.shape
     n, L = batch.shape[1:]
-    if (B, T) != (batch.shape[0], batch.T) or W.shape != (B, T, T) or V.shape[3] != T:
+    if (B, vocab_size) != (batch.shape[0], batch.vocab_size) or W.shape != (B, vocab_size, vocab_size) \
+            or V.shape[3] != vocab_size:
         raise ValueError(f"parameters W {tuple(W.shape)} and V {tuple(V.shape)} do not fit a batch of "
-                         f"{batch.shape[0]} runs over a vocabulary of {batch.T} tokens")
-    if V.dtype != batch.r.dtype:
-        raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.r.dtype}")
+                         f"{batch.shape[0]} runs over a vocabulary of {batch.vocab_size} tokens")
+    if V.dtype != batch.rho_tokens.dtype:
+        raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
     S = attention(W, batch) if S is None else S
     loss = torch.empty(B, dtype=V.dtype)
-    z, ce = _buffer(reuse, "logits", (B, n, T), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
-    gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, T), V.dtype).zero_()
-    gW = _buffer(reuse, "gW", (B, T, T if grad and grad_W else 0), V.dtype).zero_()
-    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, T), V.dtype).zero_()
+    z, ce = _buffer(reuse, "logits", (B, n, vocab_size), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
+    gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, vocab_size), V.dtype).zero_()
+    gW = _buffer(reuse, "gW", (B, vocab_size, vocab_size if grad and grad_W else 0), V.dtype).zero_()
+    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, vocab_size), V.dtype).zero_()
     dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_()
-    _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.r.numpy(), V.detach().contiguous().numpy(),
+    _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.rho_tokens.numpy(),
+          V.detach().contiguous().numpy(),
           batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad,
           batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part.numpy(), dscore.numpy())
     _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W, batch.sums, part.numpy(),
@@ -269,10 +277,10 @@ def _buffer(reuse: Pass | None, name: str, shape: tuple[int, ...], dtype: torch.
 
 def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | None = None) -> None:
     """The gradient step ``p <- p - eta g`` in place (Sec. 4); with ``rows``, ``G`` (B, U, ...)
-    holds the gradient of the rows ``rows`` of ``P`` (B, T, ...) and only those change."""
-    B, T = P.shape[:2]
-    rows = torch.arange(T) if rows is None else rows
-    _descend(P.view(B, T, -1).numpy(), G.reshape(B, len(rows), -1).numpy(), rows.numpy(), eta)
+    holds the gradient of the rows ``rows`` of ``P`` (B, vocab_size, ...) and only those change."""
+    B, vocab_size = P.shape[:2]
+    rows = torch.arange(vocab_size) if rows is None else rows
+    _descend(P.view(B, vocab_size, -1).numpy(), G.reshape(B, len(rows), -1).numpy(), rows.numpy(), eta)
 
 
 LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdlibm's split of log 2
@@ -317,8 +325,8 @@ def _sum(x: np.ndarray) -> float:  # pragma: no cover
     s = np.zeros(8, x.dtype)
     n8 = len(x) // 8 * 8
     for j0 in range(0, n8, 8):
-        for q in range(8):
-            s[q] += x[j0 + q]
+        for lane in range(8):
+            s[lane] += x[j0 + lane]
     for j in range(n8, len(x)):
         s[j - n8] += x[j]
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
@@ -341,30 +349,30 @@ def _log(x: float) -> float:  # pragma: no cover
 
 
 @njit(cache=True, boundscheck=False)
-def _attention(tok: np.ndarray, r: np.ndarray, W: np.ndarray, S: np.ndarray) -> None:  # pragma: no cover
-    """``S_l = softmax_l(W[b, t_l, t_L] rho_l rho_L)`` over the real tokens (``r > 0``) of every
+def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarray) -> None:  # pragma: no cover
+    """``S_l = softmax_l(W[b, t_l, t_L] rho_l rho_L)`` over the real tokens (``rho_tok > 0``) of every
     row (Sec. 2), in float64, written into ``S``."""
     B, n, L = tok.shape
     e = np.empty(L)
     for b in range(B):
         for i in range(n):
-            rL, tL = r[b, i, L - 1], tok[b, i, L - 1]
+            rho_L, tL = rho_tok[b, i, L - 1], tok[b, i, L - 1]
             mx = -np.inf
             for l in range(L):
-                if r[b, i, l] != 0:
-                    e[l] = W[b, tok[b, i, l], tL] * (r[b, i, l] * rL)
+                if rho_tok[b, i, l] != 0:
+                    e[l] = W[b, tok[b, i, l], tL] * (rho_tok[b, i, l] * rho_L)
                     mx = max(mx, e[l])
             se = 0.0
             for l in range(L):
-                if r[b, i, l] != 0:
+                if rho_tok[b, i, l] != 0:
                     e[l] = _exp(e[l] - mx)
                     se += e[l]
             for l in range(L):
-                S[b, i, l] = e[l] / se if r[b, i, l] != 0 else 0.0
+                S[b, i, l] = e[l] / se if rho_tok[b, i, l] != 0 else 0.0
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _rows(tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
+def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
           w: np.ndarray, lam: float, grad: bool, order: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
           z: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray) -> None:  # pragma: no cover
     """The parallel loop behind ``run``, one task per chunk of rows of a run (``Batch``); per row
@@ -373,18 +381,18 @@ def _rows(tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.ndarray, y_idx: n
     B, C = dest.shape[:2]
     for task in prange(B * C):
         b, c = task // C, task % C
-        T, m, L = V.shape[1], V.shape[2], tok.shape[2]
-        pre = np.empty((m, T), V.dtype)
-        buf = np.empty(T, V.dtype)
-        g = np.empty(T)
+        vocab_size, m, L = V.shape[1], V.shape[2], tok.shape[2]
+        pre = np.empty((m, vocab_size), V.dtype)
+        buf = np.empty(vocab_size, V.dtype)
+        g = np.empty(vocab_size)
         a = np.empty(L, V.dtype)
         for ii in range(bounds[b, c], bounds[b, c + 1]):
-            _row(b, order[b, ii], tok, S, r, V, y_idx, y_prob, w, lam, grad, dest[b, c], z, ce, gV, part, dscore,
-                 pre, buf, g, a)
+            _row(b, order[b, ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, grad, dest[b, c], z, ce, gV, part,
+                 dscore, pre, buf, g, a)
 
 
 @njit(cache=True, boundscheck=False)
-def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
+def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
          y_prob: np.ndarray, w: np.ndarray, lam: float, grad: bool, dest: np.ndarray, z: np.ndarray, ce: np.ndarray,
          gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray, buf: np.ndarray, g: np.ndarray,
          a: np.ndarray) -> None:  # pragma: no cover
@@ -395,25 +403,25 @@ def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.nd
     rho_L`` with ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (the scores'
     gradient, Lemma 1). Sums over ``j`` run elementwise or through ``_sum``, over ``n`` and
     ``l`` in index order. ``pre``, ``buf``, ``g``, ``a`` are work buffers."""
-    T, m, L = V.shape[1], V.shape[2], tok.shape[2]
+    vocab_size, m, L = V.shape[1], V.shape[2], tok.shape[2]
     zero = pre.dtype.type(0)
     pre[:] = zero
     for l in range(L):
-        a[l] = S[b, i, l] * r[b, i, l]
+        a[l] = S[b, i, l] * rho_tok[b, i, l]
         al, Vl = a[l], V[b, tok[b, i, l]]
         if al != 0:
             for k in range(m):
-                for j in range(T):
+                for j in range(vocab_size):
                     pre[k, j] += al * Vl[k, j]
     zi = z[b, i]
     zi[:] = zero
     for k in range(m):
-        for j in range(T):
+        for j in range(vocab_size):
             zi[j] += max(pre[k, j], zero)
-    for j in range(T):
+    for j in range(vocab_size):
         zi[j] *= lam
     mx = float(zi.max())
-    for j in range(T):
+    for j in range(vocab_size):
         g[j] = _exp(zi[j] - mx)
     se = _sum(g)
     lse = mx + _log(se)
@@ -423,15 +431,15 @@ def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.nd
     ce[b, i] = c
     if not grad or w[b, i] == 0:
         return
-    for j in range(T):
+    for j in range(vocab_size):
         g[j] /= se                                     # p
     for k in range(y_idx.shape[2]):
         g[y_idx[b, i, k]] -= y_prob[b, i, k]           # p - y
     gw = lam * w[b, i]
-    for j in range(T):
+    for j in range(vocab_size):
         buf[j] = g[j] * gw
     for k in range(m):                                 # pre <- g_j 1[pre > 0]
-        for j in range(T):
+        for j in range(vocab_size):
             pre[k, j] = buf[j] if pre[k, j] > 0 else zero
     sdS = zero
     for l in range(L):
@@ -444,15 +452,15 @@ def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, r: np.ndarray, V: np.nd
         gl = gV[b, d] if d >= 0 else part[b, -1 - d]
         buf[:] = zero
         for k in range(m):
-            for j in range(T):
+            for j in range(vocab_size):
                 gl[k, j] += al * pre[k, j]
                 buf[j] += pre[k, j] * Vl[k, j]
-        dscore[b, i, l] = _sum(buf) * r[b, i, l]           # dS_l
+        dscore[b, i, l] = _sum(buf) * rho_tok[b, i, l]     # dS_l
         sdS += S[b, i, l] * dscore[b, i, l]
-    rL = r[b, i, L - 1]
+    rho_L = rho_tok[b, i, L - 1]
     for l in range(L):
         if a[l] != 0:
-            dscore[b, i, l] = S[b, i, l] * (dscore[b, i, l] - sdS) * r[b, i, l] * rL
+            dscore[b, i, l] = S[b, i, l] * (dscore[b, i, l] - sdS) * rho_tok[b, i, l] * rho_L
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
@@ -483,9 +491,9 @@ def _gather(tok: np.ndarray, w: np.ndarray, ce: np.ndarray, dscore: np.ndarray, 
         for c in range(C):
             if sums[b, k, 1 + c] >= 0:
                 p = part[b, sums[b, k, 1 + c]]
-                for q in range(out.shape[0]):
+                for neuron in range(out.shape[0]):
                     for j in range(out.shape[1]):
-                        out[q, j] += p[q, j]
+                        out[neuron, j] += p[neuron, j]
 
 
 @njit(cache=True, boundscheck=False)

@@ -2,8 +2,8 @@
 
 During fine-tuning ``W`` is fixed (Lemma 17), so the attention output ``h = X S`` of every
 Q&A input ``(s_i, q)`` is a constant; only the neurons ``v_{j,n}`` move. We therefore hold
-one run's ``V`` as a ``torch.nn.Linear(T, m T, bias=False)`` whose weight is the
-(neurons x inputs) matrix ``V[t, n, j] -> weight[n T + j, t]`` and compute
+one run's ``V`` as a ``torch.nn.Linear(vocab_size, m vocab_size, bias=False)`` whose weight is
+the (neurons x inputs) matrix ``V[t, n, j] -> weight[n vocab_size + j, t]`` and compute
 
     F_j = sum_n ReLU(<v_{j,n}, h>),  z = lambda F            (Sec. 2)
 
@@ -34,36 +34,38 @@ class MLPHead(nn.Module):
 
     def __init__(self, V: torch.Tensor, lam: float) -> None:
         super().__init__()
-        T, m, _ = V.shape
-        self.T, self.m, self.lam = T, m, lam
-        self.mlp = nn.Linear(T, m * T, bias=False, dtype=V.dtype)
+        vocab_size, m, _ = V.shape
+        self.vocab_size, self.m, self.lam = vocab_size, m, lam
+        self.mlp = nn.Linear(vocab_size, m * vocab_size, bias=False, dtype=V.dtype)
         with torch.no_grad():
-            self.mlp.weight.copy_(V.reshape(T, m * T).t())
+            self.mlp.weight.copy_(V.reshape(vocab_size, m * vocab_size).t())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        act = torch.relu(self.mlp(h)).view(-1, self.m, self.T)
+        act = torch.relu(self.mlp(h)).view(-1, self.m, self.vocab_size)
         return self.lam * act.sum(1)
 
 
 def to_V(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """The ``(T_in, m, T_out)`` layout of ``kaol.model`` from a Linear weight ``(m T, T)``."""
-    T = weight.shape[1]
-    return weight.t().reshape(T, m, T)
+    """The ``(vocab_size, m, vocab_size)`` layout of ``kaol.model`` from a Linear weight
+    ``(m vocab_size, vocab_size)``."""
+    vocab_size = weight.shape[1]
+    return weight.t().reshape(vocab_size, m, vocab_size)
 
 
 def attention_output(W: torch.Tensor, samples: Samples, rho: torch.Tensor) -> torch.Tensor:
-    """``h = X S`` (n, T) of each input with one run's fixed ``W`` (T, T), in the token basis."""
-    T = W.shape[0]
-    batch = Batch.build(samples, T, rho, W.dtype)
-    a = attention(W[None], batch)[0] * batch.r[0]             # S_l rho_{t_l}
-    return torch.zeros(len(samples), T, dtype=W.dtype).scatter_add_(1, batch.tokens[0], a)
+    """``h = X S`` (n, vocab_size) of each input with one run's fixed ``W`` (vocab_size, vocab_size), in the
+    token basis."""
+    vocab_size = W.shape[0]
+    batch = Batch.build(samples, vocab_size, rho, W.dtype)
+    a = attention(W[None], batch)[0] * batch.rho_tokens[0]             # S_l rho_{t_l}
+    return torch.zeros(len(samples), vocab_size, dtype=W.dtype).scatter_add_(1, batch.tokens[0], a)
 
 
 def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> PeftModel:
     """A rank-``r`` LoRA adapter on ``head.mlp`` (scale ``alpha / r``; ``alpha = r`` gives 1).
-    ``r``: an int in ``[1, T]``; ``alpha``: ``None`` or a finite number > 0; ``seed`` a non-negative int."""
+    ``r``: an int in ``[1, vocab_size]``; ``alpha``: ``None`` or a finite number > 0; ``seed`` a non-negative int."""
     checks.of_type("head", head, MLPHead)
-    r = checks.integer("r", r, lo=1, hi=head.T)
+    r = checks.integer("r", r, lo=1, hi=head.vocab_size)
     if alpha is not None:
         alpha = checks.positive("alpha", alpha)
     seed = checks.seed("seed", seed)
@@ -99,21 +101,23 @@ def finetune_lora(W: torch.Tensor, V: torch.Tensor, data: KnowledgeData, lam: fl
     """Train a rank-``r`` adapter on one run's ``V`` with full-batch ``sgd`` (plain gradient
     descent) or ``adam`` on the mean Q&A cross-entropy, ``W`` fixed (as in Sec. 4).
 
-    ``W`` (T, T) and ``V`` (T, m, T): one run's finite parameters on ``data``'s vocabulary;
-    ``lam``, ``lr``: finite numbers > 0; ``r``: an int in ``[1, T]``; ``steps``: an int >= 0;
-    ``optimizer``: ``"sgd"`` or ``"adam"``. A non-finite loss or exploding adapter stops the run
-    with the step and a lower rate to try."""
+    ``W`` (vocab_size, vocab_size) and ``V`` (vocab_size, m, vocab_size): one run's finite parameters
+    on ``data``'s vocabulary; ``lam``, ``lr``: finite numbers > 0; ``r``: an int in ``[1, vocab_size]``;
+    ``steps``: an int >= 0; ``optimizer``: ``"sgd"`` or ``"adam"``. A non-finite loss or exploding
+    adapter stops the run with the step and a lower rate to try."""
     checks.of_type("data", data, KnowledgeData)
-    T = data.vocab.size
-    for name, p, shape in (("W", W, (T, T)), ("V", V, None)):
+    vocab_size = data.vocab.size
+    for name, p, shape in (("W", W, (vocab_size, vocab_size)), ("V", V, None)):
         checks.of_type(name, p, torch.Tensor)
-        if (shape and tuple(p.shape) != shape) or (not shape and (p.dim() != 3 or p.shape[0] != T or p.shape[2] != T)):
-            raise ValueError(f"{name} has shape {tuple(p.shape)}: one run's {name} on a vocabulary of T = {T} "
-                             f"({'(T, T)' if shape else '(T, m, T)'}); index a batched run with params[name][b]")
+        if (shape and tuple(p.shape) != shape) or \
+                (not shape and (p.dim() != 3 or p.shape[0] != vocab_size or p.shape[2] != vocab_size)):
+            want = "(vocab_size, vocab_size)" if shape else "(vocab_size, m, vocab_size)"
+            raise ValueError(f"{name} has shape {tuple(p.shape)}: one run's {name} on a vocabulary of {vocab_size} "
+                             f"tokens {want}; index a batched run with params[name][b]")
         if not bool(torch.isfinite(p).all()):
             raise ValueError(f"{name} holds non-finite values: pass the parameters of a run that did not diverge")
     lam = checks.positive("lam", lam)
-    r = checks.integer("r", r, lo=1, hi=T)
+    r = checks.integer("r", r, lo=1, hi=vocab_size)
     lr = checks.positive("lr", lr)
     steps = checks.integer("steps", steps, lo=0)
     checks.choice("optimizer", optimizer, ("sgd", "adam"))

@@ -55,8 +55,8 @@ def attention_mass(S: torch.Tensor, batch: Batch, v: Vocab) -> np.ndarray:
 
 
 def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
-    """Feature strengths of ``FEATURES`` for each run (B, 4), from ``V`` (B, T, m, T): each
-    ``sum_n V[b, x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
+    """Feature strengths of ``FEATURES`` for each run (B, 4), from ``V`` (B, vocab_size, m, vocab_size):
+    each ``sum_n V[b, x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
     out = np.zeros((len(runs), len(FEATURES)))
 
     def mean(Vb: torch.Tensor, x: list[int], y: list[int]) -> float:
@@ -96,7 +96,8 @@ def gradient_spectrum(gV: torch.Tensor, q: int) -> tuple[np.ndarray, np.ndarray]
 
 def rank1(gV: torch.Tensor) -> torch.Tensor:
     """Best rank-1 approximation ``sigma_1 u_1 v_1^T`` of each run's V gradient (Eckart-Young, App. H),
-    (B, T, m, T) or given on some rows only (B, U, m, T): zero rows do not change it.
+    (B, vocab_size, m, vocab_size) or given on some rows only (B, U, m, vocab_size): zero rows do not
+    change it.
 
     With ``M`` the (inputs x neurons) matrix, ``u_1`` is the top eigenvector of the small Gram
     matrix ``M M^T`` (inputs x inputs) and ``sigma_1 u_1 v_1^T = u_1 u_1^T M``: the same matrix

@@ -2,7 +2,9 @@
 
 Matplotlib for the figures of the book (``ax`` in, ``ax`` out, so a chapter composes
 its own panels), plotly for the kernel-free twins of the widgets: a figure with a
-slider over precomputed results works in the static HTML, where widgets do not.
+slider over precomputed results works in the static HTML, where widgets do not. The
+figures of chapter 6 (``plot_heatmaps`` ... ``plot_curves``) draw whole figures from the
+tables of ``kaol.analysis.summary``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .analysis import threshold_N
 from .data import KIND_NAMES
 from .train import PTHistory, Schedule
 
@@ -192,3 +195,136 @@ class FigureData:
         uri = "data:text/csv;charset=utf-8;base64," + base64.b64encode(self.csv().encode()).decode()
         return (f'<a class="kaol-download" download="{html.escape(self.name)}.csv" href="{uri}">'
                 f'&#x2B07; {html.escape(repr(self))}</a>')
+
+
+# ---------------------------------------------------------------- chapter 6: the grids of Sec. 7
+
+ACC = {"best_freq": "best step, unseen frequent", "best_rare": "best step, rare",
+       "last_freq": "last step, unseen frequent", "last_rare": "last step, rare"}
+
+
+def _pivot(s: pd.DataFrame, col: str, R: int) -> pd.DataFrame:
+    return s[s["R"] == R].pivot(index="K", columns="N_ft", values=col)
+
+
+def plot_heatmaps(s: pd.DataFrame, R: int, threshold: float = 0.5):
+    """Fig. 2a/3a as four heat maps (best/last step x frequent/rare) of the mean accuracy over
+    seeds, each cell annotated with its mean (the spreads are in ``kaol.analysis.summary``), with the curve
+    where Theorem 2's bound equals ``1 - threshold``; drawn for a 7.2 in column."""
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.6), sharex=True, sharey=True, layout="constrained")
+    for ax, (col, title) in zip(axes.flat, ACC.items()):
+        m = _pivot(s, col, R)
+        im = ax.imshow(m.values, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), x in np.ndenumerate(m.values):
+            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if x > 0.6 else "white")
+        ax.set_xticks(range(m.shape[1]), m.columns)
+        ax.set_yticks(range(m.shape[0]), m.index)
+        Ks = np.linspace(m.index.min(), m.index.max(), 200)
+        xs = np.interp(threshold_N(Ks, R, 1 - threshold), m.columns, range(m.shape[1]), left=np.nan, right=np.nan)
+        ax.plot(xs, np.interp(Ks, m.index, range(m.shape[0])), "r--", lw=1.5)
+        ax.set_title(title, fontsize=10)
+    for ax in axes[1]:
+        ax.set_xlabel(r"$\tilde N_f$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("multiplicity $K$")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="OOD accuracy (mean over seeds)")
+    return fig
+
+
+def plot_lines(s: pd.DataFrame, x: str, hue: str, fixed: dict[str, int]):
+    """Accuracy (best step solid, last step dashed) against ``x``, one line per ``hue``,
+    error bars one standard deviation over seeds; frequent and rare in two panels."""
+    sel = s.loc[np.logical_and.reduce([s[k] == v for k, v in fixed.items()] or [np.ones(len(s), bool)])]
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4), sharey=True, layout="constrained")
+    for ax, part in zip(axes, ("freq", "rare")):
+        for i, (h, d) in enumerate(sel.groupby(hue)):
+            d = d.sort_values(x)
+            for w, ls in (("best", "-"), ("last", "--")):
+                ax.errorbar(d[x], d[f"{w}_{part}"], d[f"{w}_{part}_sd"], ls=ls, marker="o", ms=3, capsize=2,
+                            color=f"C{i}", label={"N_ft": r"$\tilde N_f$", "K": "$K$", "R": "$R$"}.get(hue, hue) + f" = {h}"
+                            if w == "best" else None)
+        ax.set_title({"freq": "unseen frequent facts", "rare": "rare facts"}[part], fontsize=10)
+        ax.set_xlabel({"N_ft": r"$\tilde N_f$", "R": "$R$ (relation phrases)", "K": "$K$"}.get(x, x))
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("OOD accuracy")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right", fontsize=9)
+    return fig
+
+
+def plot_bound(s: pd.DataFrame):
+    """Measured error ``1 - best accuracy`` (mean over seeds, bars: sd) against Theorem 2's bound."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6), sharey=True, layout="constrained")
+    for ax, part in zip(axes, ("", "_rare")):
+        for i, (r, d) in enumerate(s.groupby("R")):
+            ax.errorbar(d["bound"], d[f"err_best{part}"], d[f"err_best{part}_sd"], fmt="o", ms=4, capsize=2,
+                        color=f"C{i}", label=f"$R$ = {r}")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="error = bound")
+        ax.fill_between([0, 1], [0, 1], 1, color="red", alpha=0.07, label="bound violated")
+        ax.set_xlabel("bound, Eq. (14)")
+        ax.set_title("all unseen facts" if not part else "rare facts", fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("measured OOD error (best step)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=9)
+    return fig
+
+
+def plot_regime(s: pd.DataFrame, threshold: float = 0.5):
+    """Over the (K, N~_f) plane of each R: where extraction succeeds (mean best accuracy >
+    ``threshold``), measured (colour) and predicted by the bound (o: success, x: failure)."""
+    Rs = sorted(s["R"].unique())
+    fig, axes = plt.subplots(1, len(Rs), figsize=(7.2, 2.9), squeeze=False, layout="constrained")
+    for ax, R in zip(axes[0], Rs):
+        d = s[s["R"] == R]
+        sc = ax.scatter(d["N_ft"], d["K"], c=d["best"], vmin=0, vmax=1, cmap="viridis", s=150, marker="s")
+        ok = d["predicted"]
+        ax.scatter(d.loc[ok, "N_ft"], d.loc[ok, "K"], marker="o", facecolors="none", edgecolors="w", s=60)
+        ax.scatter(d.loc[~ok, "N_ft"], d.loc[~ok, "K"], marker="x", color="r", s=40)
+        Ks = np.linspace(0.8, d["K"].max() * 1.1, 100)
+        ax.plot(threshold_N(Ks, R, 1 - threshold), Ks, "r--", lw=1)
+        ax.set_xlim(0, d["N_ft"].max() * 1.15)
+        ax.set_ylim(0, d["K"].max() * 1.15)
+        ax.set_title(f"$R$ = {R}", fontsize=10)
+        ax.set_xlabel(r"$\tilde N_f$")
+    axes[0, 0].set_ylabel("$K$")
+    fig.colorbar(sc, ax=axes[0], label="accuracy (best step)")
+    return fig
+
+
+def plotly_heatmap(s: pd.DataFrame, R: int):
+    """A kernel-free interactive Fig. 2a: heat map with hover (mean, sd, bound) and a menu for
+    best/last step and frequent/rare facts."""
+    cols = list(ACC)
+    fig = go.Figure()
+    for i, col in enumerate(cols):
+        m, sd, b = _pivot(s, col, R), _pivot(s, col + "_sd", R), _pivot(s, "bound", R)
+        text = [[f"K={k}, N~f={n}<br>accuracy {m.loc[k, n]:.3f} ± {sd.loc[k, n]:.3f}<br>"
+                 f"bound on error {b.loc[k, n]:.3f}" for n in m.columns] for k in m.index]
+        fig.add_trace(go.Heatmap(z=m.values, x=[str(n) for n in m.columns], y=[str(k) for k in m.index],
+                                 zmin=0, zmax=1, colorscale="Viridis", text=text, hoverinfo="text",
+                                 texttemplate="%{z:.2f}", visible=i == 0, colorbar={"title": "accuracy"}))
+    buttons = [{"label": ACC[c], "method": "update",
+                "args": [{"visible": [j == i for j in range(len(cols))]}, {"title": f"OOD accuracy, {ACC[c]} (R={R})"}]}
+               for i, c in enumerate(cols)]
+    fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.18, "xanchor": "right"}],
+                      title=f"OOD accuracy, {ACC[cols[0]]} (R={R})", xaxis_title="N~f (fine-tuning size)",
+                      yaxis_title="multiplicity K", width=650, height=420)
+    return fig
+
+
+def plot_curves(curves: dict, K: int, N_ft: int, R: int, ax=None):
+    """Fine-tuning curves of one grid cell: accuracy on unseen frequent and rare facts per step, each seed."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.2, 3), layout="constrained")
+    runs = {k[3]: h for k, h in curves.items() if k[:3] == (K, N_ft, R)}
+    for i, (seed, h) in enumerate(sorted(runs.items())):
+        ax.plot(h.acc_freq[:, 0], color=f"C{i}", label=f"seed {seed}")
+        ax.plot(h.acc_rare[:, 0], color=f"C{i}", ls=":")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("OOD accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(rf"$K$ = {K}, $\tilde N_f$ = {N_ft}, $R$ = {R} (solid: unseen frequent, dotted: rare)",
+                 fontsize=10)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return ax

@@ -195,5 +195,5 @@ def prompts(df: pd.DataFrame, prop: str | None = None) -> list[str]:
 
 
 def pairs(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
-    """(prompt, possible answers) pairs for ``kaol.lm.causal_lm_finetune``."""
+    """(prompt, possible answers) pairs for ``kaol.causal_lm.causal_lm_finetune``."""
     return list(zip(prompts(df), df["possible_answers"]))

@@ -132,8 +132,3 @@ def _row(cfg: DataConfig, h: FTHistory, b: int, pt_loss: float, ft: FTConfig) ->
             "best": best["acc"][0][b], "best_step": int(best["acc"][1][b]),
             "last_freq": h.acc_freq[-1, b], "last_rare": h.acc_rare[-1, b], "last": h.acc[-1, b],
             "align_q": h.align_q[b], "rank1_share": rank1_share(h.sv0[b])}
-
-
-def bound(N_ft: np.ndarray | float, K: np.ndarray | float, R: np.ndarray | float) -> np.ndarray:
-    """Theorem 2's bound on the OOD error, ``exp(-N~_f K^2 log R / (2 R^2))`` (as summarised publicly)."""
-    return np.exp(-np.asarray(N_ft) * np.asarray(K) ** 2 * np.log(R) / (2 * np.asarray(R) ** 2))

@@ -145,7 +145,7 @@ def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[Know
 
 
 DIVERGED = 100.0
-"""A loss above ``DIVERGED`` times its initial value (about log T at initialisation) has diverged."""
+"""A loss above ``DIVERGED`` times its initial value (about log vocab_size at initialisation) has diverged."""
 
 
 def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float, start: torch.Tensor) -> None:
@@ -268,8 +268,8 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
         leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
         with torch.set_grad_enabled(grad):
             logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
-            B, n, T = logits.shape
-            logp = torch.log_softmax(logits, -1).view(B * n, T)
+            B, n, vocab_size = logits.shape
+            logp = torch.log_softmax(logits, -1).view(B * n, vocab_size)
             ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
             loss = (batch.w * ce).sum(1)
         grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}

@@ -46,7 +46,7 @@ finish() {
 }
 declare -A pids started
 run unit-then-book-another-cpu bash -c '
-    pytest tests --ignore=tests/browser --durations=10; unit=$?
+    pytest tests --ignore=tests/browser --slow --durations=10; unit=$?
     NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$0/numba" \
         KAOL_CACHE="$0/cache-cpu" pytest -p no:cacheprovider --durations=10 book; book=$?
     exit $(( unit || book ))' "$scratch"

@@ -17,19 +17,19 @@ def lemma1_loop(W: np.ndarray, V: np.ndarray, s: Samples, rho: np.ndarray, lam: 
                 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Loss and gradients of one run by the explicit formulas of Lemma 1, one sample at a time.
 
-    ``W`` (T, T), ``V`` (T, m, T) with ``V[:, n, j] = v_{j,n}``. For each row, with weight
-    ``w = weight / sum(weight)`` and ``g_j = w lambda (p_j - y_j)``::
+    ``W`` (vocab_size, vocab_size), ``V`` (vocab_size, m, vocab_size) with ``V[:, n, j] = v_{j,n}``. For each
+    row, with weight ``w = weight / sum(weight)`` and ``g_j = w lambda (p_j - y_j)``::
 
         dL/dv_{j,n} += g_j 1[<v_{j,n}, h> > 0] h
         dL/dh        = sum_{j,n} g_j 1[<v_{j,n}, h> > 0] v_{j,n}
         dL/dW       += sum_l S_l (<dL/dh, x_l> - <dL/dh, h>) x_l x_L^T
     """
-    T, m, _ = V.shape
+    vocab_size, m, _ = V.shape
     weights = s.weight.numpy() / s.weight.numpy().sum()
     loss, gW, gV = 0.0, np.zeros_like(W), np.zeros_like(V)
     for i in range(len(s)):
         toks = s.tokens[i][s.mask[i]].numpy()
-        X = np.stack([rho[t] * np.eye(T)[t] for t in toks], 1)          # (T, L) in the token basis
+        X = np.stack([rho[t] * np.eye(vocab_size)[t] for t in toks], 1)   # (vocab_size, L) in the token basis
         xL = X[:, -1]
         scores = X.T @ W @ xL
         S = np.exp(scores - scores.max())
@@ -39,7 +39,7 @@ def lemma1_loop(W: np.ndarray, V: np.ndarray, s: Samples, rho: np.ndarray, lam: 
         z = lam * np.maximum(pre, 0).sum(1)
         p = np.exp(z - z.max())
         p /= p.sum()
-        y = np.zeros(T)
+        y = np.zeros(vocab_size)
         y[s.y_idx[i].numpy()] += s.y_prob[i].numpy()
         loss += weights[i] * -(y * np.log(p)).sum()
         g = weights[i] * lam * (p - y)
@@ -65,8 +65,8 @@ def optimal_probs(data: KnowledgeData, s: Samples) -> torch.Tensor:
     """The exact conditional distribution of the next token for each row of ``s`` (Sec. 3),
     built from the facts' phrasings: ``(c, s_i)`` -> uniform over the phrases of fact ``i``,
     ``(c, s_i, r_k)`` -> ``a_i``."""
-    v, T = data.vocab, data.vocab.size
-    P = torch.zeros(len(s), T, dtype=torch.float64)
+    v, vocab_size = data.vocab, data.vocab.size
+    P = torch.zeros(len(s), vocab_size, dtype=torch.float64)
     for row in range(len(s)):
         toks = s.tokens[row][s.mask[row]].tolist()
         last = toks[-1]

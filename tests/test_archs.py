@@ -17,7 +17,7 @@ OTHERS = [a for a in ARCHS if a != "simplified"]
 @pytest.mark.parametrize("context", [True, False], ids=["context", "three-token"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_shapes_and_attention(arch: str, context: bool) -> None:
-    """Logits (B, n, T); attention (B, n, L) is a distribution over the real tokens only."""
+    """Logits (B, n, vocab_size); attention (B, n, L) is a distribution over the real tokens only."""
     data = make_data(SMALL.with_(context=context))
     v, s = data.vocab, data.pretrain
     model = ModelConfig(arch=arch, dtype=torch.float64, sigma0=0.3)

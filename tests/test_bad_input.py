@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kaol import cache, checks, experiments as ex, fast, popqa, sweep
+from kaol import cache, checks, experiments, fast, parallel, popqa, scales, sweep
 from kaol.data import DataConfig, make_data
 from kaol.model import ModelConfig, init_params
 from kaol.train import FTConfig, FTHistory, PTHistory, Schedule, finetune, pretrain
@@ -125,20 +125,20 @@ def test_exploding_finetuning_stops_and_is_not_cached(_cache: Path) -> None:
 def test_batch_build_refuses_out_of_range_ids() -> None:
     """The compiled loop has no bounds checks: an out-of-range target once gave a wrong loss or a segfault."""
     d = make_data(TINY)
-    T = d.vocab.size
+    vocab_size = d.vocab.size
     s = d.qa_train
     bad = replace(s, y_idx=s.y_idx.clone())
-    bad.y_idx[0, 0] = T
-    with pytest.raises(ValueError, match=rf"target ids must lie in \[0, {T}\)"):
-        fast.Batch.build(bad, T, d.vocab.rho, torch.float32)
+    bad.y_idx[0, 0] = vocab_size
+    with pytest.raises(ValueError, match=rf"target ids must lie in \[0, {vocab_size}\)"):
+        fast.Batch.build(bad, vocab_size, d.vocab.rho, torch.float32)
     bad = replace(s, tokens=s.tokens.clone())
     bad.tokens[0, -1] = -1
     with pytest.raises(ValueError, match=r"token ids"):
-        fast.Batch.build(bad, T, d.vocab.rho, torch.float32)
+        fast.Batch.build(bad, vocab_size, d.vocab.rho, torch.float32)
     rho = d.vocab.rho.clone()
     rho[0] = math.nan
     with pytest.raises(ValueError, match=r"rho\[0\]"):
-        fast.Batch.build(s, T, rho, torch.float32)
+        fast.Batch.build(s, vocab_size, rho, torch.float32)
 
 
 # ---------------------------------------------------------------- sweeps
@@ -158,7 +158,7 @@ def test_bad_grid(kw: dict, err: type, pattern: str) -> None:
 
 
 def test_scale_refuses_k_above_r_and_too_large_n_ft() -> None:
-    s = ex.SCALES["book"]
+    s = scales.SCALES["book"]
     with pytest.raises(ValueError, match=r"K = 40"):
         replace(s, K=(1, 40))
     with pytest.raises(ValueError, match=r"N_ft = 101"):
@@ -177,15 +177,15 @@ def test_scale_refuses_k_above_r_and_too_large_n_ft() -> None:
 ])
 def test_bad_run_all(kw: dict, err: type, pattern: str) -> None:
     with pytest.raises(err, match=pattern):
-        ex.run_all(abs, [1, 2], **kw)
+        parallel.run_all(abs, [1, 2], **kw)
 
 
 def test_unreachable_dask_address_fails_fast() -> None:
     pytest.importorskip("dask.distributed")
     t0 = time.perf_counter()
     with pytest.raises(ConnectionError, match=r"address = 'tcp://127\.0\.0\.1:9'"):
-        ex.run_all(abs, [1], engine="dask", address="tcp://127.0.0.1:9")
-    assert time.perf_counter() - t0 < ex.CONNECT_TIMEOUT + 5
+        parallel.run_all(abs, [1], engine="dask", address="tcp://127.0.0.1:9")
+    assert time.perf_counter() - t0 < parallel.CONNECT_TIMEOUT + 5
 
 
 @pytest.mark.parametrize("address,err,pattern", [
@@ -195,21 +195,21 @@ def test_unreachable_dask_address_fails_fast() -> None:
 ])
 def test_ray_addresses_are_probed_first(address: str, err: type, pattern: str) -> None:
     with pytest.raises(err, match=pattern):
-        ex._reachable(address, "Ray cluster", timeout=2)
+        parallel._reachable(address, "Ray cluster", timeout=2)
 
 
 def test_pool_workers_die_with_their_parent() -> None:
     """A killed parent used to leave its workers computing: the local engine's workers run
     ``_die_with_parent``; here a forked worker outlives its parent by at most a moment."""
     import inspect
-    assert "initializer=_die_with_parent" in inspect.getsource(ex.run_all)
+    assert "initializer=_die_with_parent" in inspect.getsource(parallel.run_all)
     r, w = os.pipe()
     parent = os.fork()
     if parent == 0:                             # the "parent": starts a worker, then dies
         try:
             worker = os.fork()
             if worker == 0:
-                ex._die_with_parent(os.getppid())
+                parallel._die_with_parent(os.getppid())
                 time.sleep(60)
                 os._exit(0)
             os.write(w, str(worker).encode())
@@ -236,11 +236,11 @@ def _alive(pid: int) -> bool:
 # ---------------------------------------------------------------- result files and command line
 
 def test_out_keeps_dots_and_pair_is_atomic(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    csv, meta = ex.out_paths(tmp_path / "name_v1.5")
+    csv, meta = experiments.out_paths(tmp_path / "name_v1.5")
     assert csv.name == "name_v1.5.csv" and meta.name == "name_v1.5.json"
     df = pd.DataFrame({"a": [1, 2]})
-    scale = ex.SCALES["book"]
-    ex.save(df, tmp_path / "name_v1.5", "fig2a", "book", scale, 1.0, "local")
+    scale = scales.SCALES["book"]
+    experiments.save(df, tmp_path / "name_v1.5", "fig2a", "book", scale, 1.0, "local")
     old = csv.read_bytes(), meta.read_bytes()
     info = json.loads(meta.read_text())
     import hashlib
@@ -253,7 +253,7 @@ def test_out_keeps_dots_and_pair_is_atomic(tmp_path, monkeypatch: pytest.MonkeyP
             raise OSError("killed")
     monkeypatch.setattr(os, "fsync", dying_fsync)
     with pytest.raises(OSError):
-        ex.save(pd.DataFrame({"a": [3]}), tmp_path / "name_v1.5", "fig2a", "book", scale, 1.0, "local")
+        experiments.save(pd.DataFrame({"a": [3]}), tmp_path / "name_v1.5", "fig2a", "book", scale, 1.0, "local")
     assert (csv.read_bytes(), meta.read_bytes()) == old
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*tmp"))
 
@@ -268,7 +268,7 @@ def test_out_keeps_dots_and_pair_is_atomic(tmp_path, monkeypatch: pytest.MonkeyP
 def test_cli_refuses_before_computing(args: list[str], pattern: str, capsys) -> None:
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as exit_:
-        ex.main(["fig2a", *args])
+        experiments.main(["fig2a", *args])
     assert exit_.value.code == 2
     assert __import__("re").search(pattern, capsys.readouterr().err)
     assert time.perf_counter() - t0 < 5
@@ -463,27 +463,33 @@ def test_lora_divergence_stops() -> None:
         finetune_lora(W, V, d, 1.0, 1, 1e30, 3, optimizer="sgd")
 
 
-def test_bad_lm_configs_and_cli(tmp_path, capsys, _cache: Path) -> None:
-    from kaol import lm
-    for cls, kw, err, pattern in [(lm.SynthConfig, dict(pt_lr=math.nan), ValueError, r"pt_lr = nan"),
-                                  (lm.SynthConfig, dict(seed=-1), ValueError, r"seed = -1"),
-                                  (lm.TextConfig, dict(batch=0), ValueError, r"batch = 0"),
-                                  (lm.FinetuneConfig, dict(epochs=1.5), TypeError, r"epochs = 1\.5"),
-                                  (lm.GPT2Size, dict(n_layer=True), TypeError, r"n_layer = True")]:
+def test_bad_lm_configs_and_cli(tmp_path, capsys) -> None:
+    from kaol import causal_lm, gpt2, gpt2_synthetic, gpt2_text
+    for cls, kw, err, pattern in [(gpt2_synthetic.SynthConfig, dict(pt_lr=math.nan), ValueError, r"pt_lr = nan"),
+                                  (gpt2_synthetic.SynthConfig, dict(seed=-1), ValueError, r"seed = -1"),
+                                  (gpt2_text.TextConfig, dict(batch=0), ValueError, r"batch = 0"),
+                                  (causal_lm.FinetuneConfig, dict(epochs=1.5), TypeError, r"epochs = 1\.5"),
+                                  (gpt2.GPT2Size, dict(n_layer=True), TypeError, r"n_layer = True")]:
         with pytest.raises(err, match=pattern):
             cls(**kw)
     t0 = time.perf_counter()
     for args, pattern in [(["--K", "5", "--R", "4"], r"K = 5"), (["--seeds"], r"--seeds"),
                           (["--N-ft", "0"], r"--N-ft\[0\] = 0"), (["--threads", "0"], r"--threads = 0")]:
         with pytest.raises(SystemExit):
-            lm.main(["synthetic", *args, "--out", str(tmp_path / "o.json")])
+            gpt2_synthetic.main([*args, "--out", str(tmp_path / "o.json")])
         assert __import__("re").search(pattern, capsys.readouterr().err)
     assert time.perf_counter() - t0 < 5
-    assert not hasattr(lm, "CACHE") and not hasattr(lm, "_key")
-    assert lm._cached("zz", (1,), lambda: {"a": 1}, True) == {"a": 1}
-    assert list(_cache.glob("zz-*.pt"))
-    with pytest.raises(ValueError, match=r"step 0 with learning rate 0\.1"):
-        lm._diverged("x", math.nan, 0, 0.1)
+
+
+def test_lm_divergence_stops_and_results_go_to_the_package_cache(_cache: Path) -> None:
+    from kaol import lmtrain
+    lin = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match=r"x loss became nan at step 0 with learning rate 0\.1.*lower that rate"):
+        lmtrain.train(lin, lambda _: lin.weight.sum() * math.nan, None, 1, 0.1, what="x")
+    pytest.importorskip("transformers")
+    from kaol import gpt2, gpt2_synthetic
+    gpt2_synthetic.pretrain_synthetic(make_data(TINY), gpt2_synthetic.SynthConfig(size=gpt2.SIZES["tiny"], pt_steps=1))
+    assert list(_cache.glob("synth-pt-*.pt"))
 
 
 def test_bad_widget_arguments() -> None:

@@ -46,9 +46,9 @@ def test_context_embedding_has_norm_rho_c() -> None:
 
 def test_lift_and_project_round_trip() -> None:
     """``to_tokens(to_dense(W, V))`` returns ``(W, V)``: the part outside span(E) is invisible."""
-    T = 25
-    p = init_params(MODEL.with_(sigma0=1.0), T, 1, seed=0)
-    E = dense.embeddings(T, 80, seed=2)
+    vocab_size = 25
+    p = init_params(MODEL.with_(sigma0=1.0), vocab_size, 1, seed=0)
+    E = dense.embeddings(vocab_size, 80, seed=2)
     lifted = dense.to_dense(p["W"][0], p["V"][0], E, sigma_perp=1.0, seed=9)
     W, V = dense.to_tokens(lifted, E)
     assert torch.allclose(W, p["W"][0], atol=1e-12) and torch.allclose(V, p["V"][0], atol=1e-12)
@@ -74,8 +74,8 @@ def test_dense_pretraining_matches_fast_path(context: bool) -> None:
     """40 full-batch steps in d = 3 |vocab| with rotated embeddings and an inert random part
     give the same loss history (to 1e-9), the same accuracy and the same token-basis weights."""
     data = make_data(SMALL.with_(context=context))
-    T = data.vocab.size
-    res = dense.dense_pretrain(data, MODEL, SCHEDULE, d=3 * T, seed=7)
+    vocab_size = data.vocab.size
+    res = dense.dense_pretrain(data, MODEL, SCHEDULE, d=3 * vocab_size, seed=7)
     params, hist = pretrain(data, MODEL, SCHEDULE, seed=7, log_every=1)
     loss = np.array(hist.loss)[:, 0]
     assert loss[-1] < 0.7 * loss[0]                                  # training really moved
@@ -89,13 +89,13 @@ def test_dense_pretraining_matches_fast_path(context: bool) -> None:
 def test_component_outside_span_is_inert() -> None:
     """The random part of the dense weights outside span(E) is exactly where it started."""
     data = make_data(SMALL)
-    T = data.vocab.size
-    res = dense.dense_pretrain(data, MODEL, Schedule(eta=(5.0, 20.0, 10.0), T1=2, T2=5, T=10), d=2 * T, seed=1,
-                               emb_seed=4)
-    init = init_params(MODEL, T, 1, seed=1)
+    vocab_size = data.vocab.size
+    res = dense.dense_pretrain(data, MODEL, Schedule(eta=(5.0, 20.0, 10.0), T1=2, T2=5, T=10), d=2 * vocab_size,
+                               seed=1, emb_seed=4)
+    init = init_params(MODEL, vocab_size, 1, seed=1)
     start = dense.to_dense(init["W"][0], init["V"][0], res.E, MODEL.sigma0, seed=5)
     E = res.E
-    P = torch.eye(2 * T, dtype=torch.float64) - E @ E.t()
+    P = torch.eye(2 * vocab_size, dtype=torch.float64) - E @ E.t()
     assert torch.allclose(res.params.W - E @ E.t() @ res.params.W @ E @ E.t(),
                           start.W - E @ E.t() @ start.W @ E @ E.t(), rtol=0, atol=1e-13)
     assert torch.allclose(res.params.V @ P, start.V @ P, rtol=0, atol=1e-13)

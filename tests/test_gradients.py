@@ -17,9 +17,9 @@ from .reference import SMALL, autograd_one, lemma1_loop
 TOL = 1e-10          # absolute, float64; gradients are O(1e-1) at these scales
 
 
-def _params(model: ModelConfig, T: int, B: int, seed: int) -> dict[str, torch.Tensor]:
+def _params(model: ModelConfig, vocab_size: int, B: int, seed: int) -> dict[str, torch.Tensor]:
     """Initial parameters at a scale where attention is far from uniform and ReLUs are mixed."""
-    return init_params(model, T, B, seed)
+    return init_params(model, vocab_size, B, seed)
 
 
 CONFIGS = [

@@ -89,7 +89,7 @@ def test_loss_gap_sums_to_loss_minus_entropy_and_counts_dead_pairs() -> None:
 
 
 def test_relation_mass_is_uniform_at_zero_V_and_grows_with_the_relation_logits() -> None:
-    """``p_R`` of Prop. 2: R / T for equal logits; 1 when relation logits dominate."""
+    """``p_R`` of Prop. 2: R / vocab_size for equal logits; 1 when relation logits dominate."""
     model = ModelConfig(m=3)
     d = make_data(CFG)
     params = init_params(model, d.vocab.size, 1, 0)

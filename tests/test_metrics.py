@@ -36,12 +36,12 @@ def _check_rank1(gV: torch.Tensor) -> None:
     """``rank1`` is ``sigma_1 u_1 v_1^T`` of each run's (inputs x neurons) matrix, and its
     residual has squared norm ``sum_{k >= 2} sigma_k^2`` (Eckart-Young)."""
     R1 = metrics.rank1(gV)
-    B, T, m, _ = gV.shape
+    B, vocab_size, m, _ = gV.shape
     for b in range(B):
-        M = gV[b].reshape(T, m * T).numpy()
+        M = gV[b].reshape(vocab_size, m * vocab_size).numpy()
         U, s, Vt = _svd(M)
         best = s[0] * np.outer(U[:, 0], Vt[0])
-        got = R1[b].reshape(T, m * T).numpy()
+        got = R1[b].reshape(vocab_size, m * vocab_size).numpy()
         scale = max(s[0], 1e-300)
         np.testing.assert_allclose(got, best, rtol=0, atol=1e-10 * scale)
         assert np.linalg.matrix_rank(got, tol=1e-8 * scale) == (1 if s[0] > 0 else 0)
@@ -59,9 +59,9 @@ def test_spectrum_and_alignment(ft_gradient) -> None:
     """``gradient_spectrum`` gives the singular values and ``|<u_1, e_q>|`` (Prop. 3)."""
     gV, q = ft_gradient
     sv, align = metrics.gradient_spectrum(gV, q)
-    B, T, m, _ = gV.shape
+    B, vocab_size, m, _ = gV.shape
     for b in range(B):
-        U, s, _ = _svd(gV[b].reshape(T, m * T).numpy())
+        U, s, _ = _svd(gV[b].reshape(vocab_size, m * vocab_size).numpy())
         k = min(len(s), sv.shape[1])
         np.testing.assert_allclose(sv[b, :k], s[:k], rtol=1e-10, atol=1e-14)
         assert np.all(s[k:] < 1e-12 * s[0])                            # dropped rows were zero rows
@@ -70,11 +70,11 @@ def test_spectrum_and_alignment(ft_gradient) -> None:
     assert np.all((share > 0) & (share <= 1))
 
 
-@given(B=st.integers(1, 3), T=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
+@given(B=st.integers(1, 3), vocab_size=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
        seed=st.integers(0, 10_000))
-def test_rank1_property(B: int, T: int, m: int, zero_rows: int, seed: int) -> None:
+def test_rank1_property(B: int, vocab_size: int, m: int, zero_rows: int, seed: int) -> None:
     """Property: Eckart-Young holds for random gradients, including rows that are zero in every run."""
     g = torch.Generator().manual_seed(seed)
-    gV = torch.randn(B, T, m, T, generator=g, dtype=torch.float64)
-    gV[:, : min(zero_rows, T - 1)] = 0
+    gV = torch.randn(B, vocab_size, m, vocab_size, generator=g, dtype=torch.float64)
+    gV[:, : min(zero_rows, vocab_size - 1)] = 0
     _check_rank1(gV)
