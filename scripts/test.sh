@@ -2,7 +2,7 @@
 # The README's test command: install into .venv, build the HTML book, then run every test,
 # in two jobs at a time, one per core, each single-threaded (results do not depend on the
 # thread count: tests/test_determinism.py):
-# job 1: the unit tests of kaol (tests/, native CPU), then every notebook of book/
+# job 1: the unit tests of kaol (tests/, native CPU, --slow: all of them), then every notebook of book/
 #    re-executed by nbval and its outputs compared with the committed ones, as another
 #    machine would compute them: numba compiling for a generic x86-64 CPU and torch's
 #    kernels at their default capability, with fresh numba and kaol caches (the notebooks
