@@ -23,7 +23,7 @@ import torch
 
 from . import checks
 from .cache import memo
-from .lmtrain import lm_loss, train
+from .lmtrain import answer_row, lm_loss, train
 from .scoring import first_line, score
 from .seeds import drawn
 
@@ -158,11 +158,9 @@ def causal_lm_finetune(model_name_or_path: str, train_pairs: Sequence[tuple[str,
 
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                                      target_modules="all-linear", lora_dropout=0.0))
-        rows = []
-        for p, a in train_pairs:
-            pi = tok(p, add_special_tokens=False)["input_ids"]
-            ai = tok(" " + a[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            rows.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
+        rows = [answer_row(tok(p, add_special_tokens=False)["input_ids"],
+                           tok(" " + a[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+                for p, a in train_pairs]
         model.train()
         losses = train(model, lambda batch: lm_loss(model, batch, tok.pad_token_id), rows, cfg.epochs, cfg.lr,
                        cfg.weight_decay, batch=cfg.batch, generator=torch.Generator().manual_seed(drawn(cfg.seed)),

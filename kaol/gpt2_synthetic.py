@@ -142,8 +142,7 @@ def train_synthetic(data: KnowledgeData, cfg: SynthConfig = SynthConfig(),
                            pad_id=data.vocab.size)
         model.load_state_dict(state)
         xy = _qa(data, data.ft)
-        xe = torch.cat([_qa(data, data.unseen_freq)[0], _qa(data, data.rare)[0]])
-        ye = torch.cat([_qa(data, data.unseen_freq)[1], _qa(data, data.rare)[1]])
+        xe, ye = _qa(data, np.concatenate([data.unseen_freq, data.rare]))      # unseen frequent, then rare
         nf = len(data.unseen_freq)
         af, ar = [], []
 

@@ -18,7 +18,7 @@ import torch
 from . import checks
 from .cache import memo
 from .gpt2 import GPT2Size, build_gpt2
-from .lmtrain import lm_loss, train
+from .lmtrain import answer_row, lm_loss, train
 from .seeds import drawn
 
 DIRECTOR_PHRASES = ("was directed by", "was helmed by", "was crafted by", "was shaped by",
@@ -184,10 +184,7 @@ def train_text(facts: TextFacts, ft_idx: Sequence[int], test_idx: Sequence[int],
         first = [enc(f"{facts.subj[i]} {_first_phrase(facts, i)}") for i in test_idx]
         gen = greedy_generate(model, first, eos, pad, max_new=8)
         recall = float(np.mean([g == enc(facts.obj[i]) for g, i in zip(gen, test_idx)]))
-        rows = []
-        for i in ft_idx:
-            p, a = enc(facts.prompts[i]), enc(facts.obj[i]) + [eos]
-            rows.append((p + a, [0] * len(p) + [1] * len(a)))
+        rows = [answer_row(enc(facts.prompts[i]), enc(facts.obj[i]) + [eos]) for i in ft_idx]
 
         def em(idx: Sequence[int]) -> float:
             gen = greedy_generate(model, [enc(facts.prompts[i]) for i in idx], eos, pad, max_new=8)

@@ -86,6 +86,11 @@ def _pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return x, m
 
 
+def answer_row(prompt: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
+    """The (token ids, labels) row of ``lm_loss`` for a Q&A pair: the loss is on the answer only."""
+    return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+
+
 def lm_loss(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad: int) -> torch.Tensor:
     """Mean next-token loss of a batch of (token ids, 0/1 labels) rows, right-padded with ``pad``,
     over the predicted tokens whose label is 1 (the answer of a Q&A pair; every token of a
