@@ -18,7 +18,8 @@ every later call. Command line::
     python -m kaol.experiments fig2a --scale paper --seeds 5 --out results/fig2a_paper
     python -m kaol.experiments bound --scale book --engine dask --address tcp://host:8786
 
-writes ``OUT.csv`` (one row per run) and ``OUT.json`` (configuration and package versions).
+writes ``OUT.csv`` (one row per run) and ``OUT.json`` (the command, the git commit, the
+configuration with its seeds, and the package versions).
 """
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[p] = "not installed"
     return out
+
+
+def commit() -> str:
+    """The git commit of the code that runs, with ``+changes`` when files of ``kaol/`` differ from
+    it; ``"unknown"`` outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kaol"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def _jsonable(x: object) -> object:
@@ -119,7 +136,7 @@ def save(df: pd.DataFrame, out: str | Path, figure: str, scale_name: str, scale:
     info = {"figure": figure, "scale": scale_name, "config": _jsonable(asdict(scale)), "rows": len(df),
             "seconds": round(seconds, 1), "engine": engine, "versions": versions(),
             "csv": csv.name, "csv_sha256": hashlib.sha256(text).hexdigest(),
-            "command": "python -m kaol.experiments " + " ".join(sys.argv[1:])}
+            "command": "python -m kaol.experiments " + " ".join(sys.argv[1:]), "commit": commit()}
     _atomic_pair([(csv, text), (meta, json.dumps(info, indent=1, default=str).encode())])
     return csv, meta
 

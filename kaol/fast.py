@@ -226,22 +226,33 @@ def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
     return S
 
 
-def run(W: torch.Tensor, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
+def uniform_attention(batch: Batch) -> torch.Tensor:
+    """``S_l = 1 / L_i`` over the ``L_i`` tokens of every row: the attention of Table 3's
+    "uniform attention + MLP" (``kaol.model.forward``), which has no ``W``."""
+    return (batch.mask / batch.mask.sum(-1, keepdim=True)).to(batch.rho_tokens.dtype)
+
+
+def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
         grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None) -> Pass:
     """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, vocab_size, vocab_size) and of
     the rows of ``V`` (B, vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
     ``Pass.gV`` is the whole of it).
 
-    ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention. ``reuse``, the
+    ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention; a model without
+    ``W`` (uniform attention, ``uniform_attention``) passes ``W=None``, its ``S`` and
+    ``grad_W=False``. ``reuse``, the
     ``Pass`` of an earlier call on the same batch, lends its logits, cross-entropies and
     gradients as work space: they are overwritten (the training loops pass the previous
     step's, which saves the page faults of fresh buffers of several MB at every step).
     """
     B, vocab_size, m, _ = V.shape
     n, L = batch.shape[1:]
-    if (B, vocab_size) != (batch.shape[0], batch.vocab_size) or W.shape != (B, vocab_size, vocab_size) \
+    if W is None and (S is None or (grad and grad_W)):
+        raise ValueError("W = None (a model without W) needs its attention S and grad_W=False")
+    W_shape = (B, vocab_size, vocab_size) if W is None else tuple(W.shape)
+    if (B, vocab_size) != (batch.shape[0], batch.vocab_size) or W_shape != (B, vocab_size, vocab_size) \
             or V.shape[3] != vocab_size:
-        raise ValueError(f"parameters W {tuple(W.shape)} and V {tuple(V.shape)} do not fit a batch of "
+        raise ValueError(f"parameters W {W_shape} and V {tuple(V.shape)} do not fit a batch of "
                          f"{batch.shape[0]} runs over a vocabulary of {batch.vocab_size} tokens")
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")

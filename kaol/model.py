@@ -13,8 +13,9 @@ Simplified model (Sec. 2), for input ``X = [x_1 .. x_L]`` with query ``x_L``::
 
 ``V`` is stored as ``(B, vocab_size, m, vocab_size)``: ``V[b, t, n, j]`` is coordinate ``t``
 of neuron ``v_{j,n}``. This module is the plain autograd version (the reference
-of the tests and the path of the three other architectures); ``kaol.fast``
-computes the simplified model's exact gradients without autograd.
+of the tests, and the training path of attention-only and the standard block); ``kaol.fast``
+computes the exact gradients of the simplified model and of uniform attention + MLP
+without autograd.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def forward(cfg: ModelConfig, params: dict[str, torch.Tensor], tokens: torch.Ten
         S = (mask / mask.sum(-1, keepdim=True)).to(cfg.dtype)
         return mlp_logits(params["V"], S * rho_tokens, tokens, cfg.lam), S
     if cfg.arch == "standard":
-        return _standard(cfg, params, tokens, mask, rho_tokens)
+        return _standard(cfg, params, tokens, mask, rho, rho_tokens)
     S = attention(params["W"], tokens, mask, rho)
     if cfg.arch == "simplified":
         return mlp_logits(params["V"], S * rho_tokens, tokens, cfg.lam), S
@@ -157,23 +158,29 @@ def forward(cfg: ModelConfig, params: dict[str, torch.Tensor], tokens: torch.Ten
 
 
 def _standard(cfg: ModelConfig, p: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
-              rho_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A standard pre-norm one-layer transformer read at the last position (Table 3)."""
+              rho: torch.Tensor, rho_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A standard pre-norm one-layer transformer read at the last position (Table 3).
+
+    The input at a position is ``rho_t e_t``, so its normalised form, query, key and value
+    depend on the token alone: they are computed once per vocabulary token (``vocab_size`` rows)
+    and gathered, not once per position. A padding position (``rho = 0``) gets a token's key and
+    value, which its attention weight 0 leaves unused."""
+    B, n, L = tokens.shape
     vocab_size = p["Wq"].shape[-1]
-    X = torch.nn.functional.one_hot(tokens, vocab_size).to(cfg.dtype) * rho_tokens[..., None]  # (B, n, L, vocab_size)
 
     def norm(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * g[:, None, None]
+        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * g[:, None]
 
-    Xn = norm(X, p["ln1"])
-    q = torch.einsum("bnt,btu->bnu", Xn[:, :, -1], p["Wq"])
-    k = torch.einsum("bnlt,btu->bnlu", Xn, p["Wk"])
+    E = norm(torch.diag_embed(rho.to(cfg.dtype).expand(B, vocab_size)), p["ln1"])                       # (B, vocab_size, vocab_size): row t is token t
+    pick = torch.arange(B)[:, None, None], tokens
+    q = (E @ p["Wq"])[pick][:, :, -1]
+    k, v = (E @ p["Wk"])[pick], (E @ p["Wv"])[pick]                 # (B, n, L, vocab_size)
     scores = torch.einsum("bnu,bnlu->bnl", q, k) / vocab_size ** 0.5
     S = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
-    v = torch.einsum("bnlt,btu->bnlu", Xn, p["Wv"])
-    h = X[:, :, -1] + torch.einsum("bnu,but->bnt", torch.einsum("bnl,bnlu->bnu", S, v), p["Wo"])
-    h = h + torch.einsum("bnk,bkt->bnt", torch.relu(torch.einsum("bnt,btk->bnk", norm(h[:, :, None], p["ln2"])[:, :, 0], p["W1"])), p["W2"])
-    return cfg.lam * norm(h[:, :, None], p["lnf"])[:, :, 0], S
+    last = torch.nn.functional.one_hot(tokens[:, :, -1], vocab_size).to(cfg.dtype) * rho_tokens[:, :, -1:]
+    h = last + torch.einsum("bnl,bnlu->bnu", S, v) @ p["Wo"]
+    h = h + torch.relu(norm(h, p["ln2"]) @ p["W1"]) @ p["W2"]
+    return cfg.lam * norm(h, p["lnf"]), S
 
 
 def _batched(x: torch.Tensor, B: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Every function trains ``B`` runs at once: the parameters carry a leading run
 axis and each run may have data of its own (same vocabulary size). The
-simplified model uses the exact sparse gradients of ``kaol.fast``; the other
-architectures of Table 3 use autograd on ``kaol.model.forward``.
+simplified model and uniform attention + MLP use the exact sparse gradients of
+``kaol.fast``; the two other architectures of Table 3 use autograd on ``kaol.model.forward``.
 """
 from __future__ import annotations
 
@@ -173,7 +173,9 @@ def _check_norm(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
 
 
 def _sizes(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: p.detach().abs().reshape(p.shape[0], -1).amax(1).double() for k, p in params.items()}
+    """``max |p|`` of each run's parameters, per parameter (from their min and max: no copy of ``|p|``)."""
+    flat = {k: p.detach().reshape(p.shape[0], -1) for k, p in params.items()}
+    return {k: torch.maximum(f.amax(1), -f.amin(1)).double() for k, f in flat.items()}
 
 
 def _check_params(params: dict[str, torch.Tensor], runs: list[KnowledgeData]) -> None:
@@ -208,10 +210,10 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
     batch = fast.Batch.build([d.pretrain for d in runs], v.size, [d.vocab.rho for d in runs], model.dtype)
     hist = PTHistory()
     size0 = _sizes(params)
-    out = None
+    out, S = None, _fixed_attention(model, params, batch, train_W=True)
     for t in range(schedule.T + 1):
         log = t % log_every == 0 or t == schedule.T
-        out = _step(model, params, batch, grad=t < schedule.T, reuse=out)
+        out = _step(model, params, batch, grad=t < schedule.T, S=S, reuse=out)
         last = max(t - 1, 0)                     # the update that produced this loss
         if t == 0:
             start = out.loss
@@ -251,14 +253,17 @@ def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
           grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None,
           reuse: _Out | None = None) -> _Out:
-    """Loss and gradients of one full batch: exact sparse path or autograd. The exact path
-    reuses the buffers of ``reuse``, the previous step's output on the same batch
+    """Loss and gradients of one full batch: exact sparse path (the simplified model, and
+    uniform attention + MLP, whose fixed attention ``S`` the caller passes) or autograd. The
+    exact path reuses the buffers of ``reuse``, the previous step's output on the same batch
     (``fast.run``).
 
     Autograd runs on one torch thread (the caller's setting is restored): torch splits
     its reductions by thread count, so a different count would round differently."""
-    if model.arch == "simplified":
-        o = fast.run(params["W"], params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S,
+    if model.arch in ("simplified", "uniform_mlp"):
+        if model.arch == "uniform_mlp":          # no W: a fixed, uniform attention
+            S, grad_W = fast.uniform_attention(batch) if S is None else S, False
+        o = fast.run(params.get("W"), params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S,
                      reuse=None if reuse is None else reuse.work)
         grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
         return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {}, o)
@@ -276,6 +281,18 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
     finally:
         torch.set_num_threads(threads)
     return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), grads)
+
+
+def _fixed_attention(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
+                     train_W: bool) -> torch.Tensor | None:
+    """The attention of every row of ``batch`` when it does not change during training: always
+    for uniform attention + MLP, for the simplified model when ``W`` does not train (Lemma 17's
+    fine-tuning); else None (computed at every step)."""
+    if model.arch == "uniform_mlp":
+        return fast.uniform_attention(batch)
+    if model.arch == "simplified" and not train_W:
+        return fast.attention(params["W"], batch)
+    return None
 
 
 def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[KnowledgeData],
@@ -307,18 +324,18 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     n_freq = torch.tensor([len(d.qa_unseen_freq) for d in runs])
     is_freq = torch.arange(test.shape[1])[None, :] < n_freq[:, None]
     is_rare = (test.kind >= 0) & ~is_freq
-    fixed_W = model.arch == "simplified" and not cfg.train_W
-    S_train = fast.attention(params["W"], train) if fixed_W else None
-    S_test = fast.attention(params["W"], test) if fixed_W else None
+    S_train = _fixed_attention(model, params, train, cfg.train_W)
+    S_test = _fixed_attention(model, params, test, cfg.train_W)
     loss, acc_f, acc_r, preds = [], [], [], []
     sv0, align = np.full((B, 1), np.nan), np.full(B, np.nan)
     ev = out = None
     for t in range(cfg.steps + 1):
         ev = _step(model, params, test, grad=False, S=S_test, reuse=ev)
-        hit = ev.logits.argmax(-1) == test.y_idx[:, 0].view(B, -1)
+        pred = ev.logits.argmax(-1)
+        hit = pred == test.y_idx[:, 0].view(B, -1)
         acc_f.append(_mean(hit, is_freq))
         acc_r.append(_mean(hit, is_rare))
-        preds.append(ev.logits.argmax(-1).numpy())
+        preds.append(pred.numpy())
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
         if t == 0:
             start = out.loss

@@ -134,6 +134,8 @@ def test_cli_writes_csv_and_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     assert {"K", "N_ft", "R", "seed", "best_freq", "best_rare", "bound", "err_best"} <= set(df.columns)
     assert set(df["seed"]) == {0} and meta["config"]["seeds"] == [0]
     assert meta["figure"] == "bound" and set(meta["versions"]) >= {"python", "kaol", "torch"}
+    assert meta["command"].startswith("python -m kaol.experiments")
+    assert meta["commit"] == "unknown" or len(meta["commit"].split("+")[0]) == 40     # a git checkout: its commit
     assert not df.duplicated(["K", "N_ft", "R", "seed"]).any()
 
 

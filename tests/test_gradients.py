@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kaol import fast
 from kaol.data import DataConfig, make_data
-from kaol.model import ModelConfig, init_params
+from kaol.model import ModelConfig, forward, init_params
 
 from .reference import SMALL, autograd_one, lemma1_loop
 
@@ -94,6 +94,41 @@ def test_qa_gradient_with_fixed_attention() -> None:
     loss, _, gV = autograd_one(model, p["W"][0], p["V"][0], data.qa_train, v.rho)
     assert abs(float(out.loss[0]) - loss) < TOL
     assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("context", [True, False], ids=["context", "three-token"])
+def test_uniform_mlp_matches_autograd(context: bool) -> None:
+    """Uniform attention + MLP (Table 3) trains on the exact path with ``W=None`` and its uniform
+    ``S``: loss, logits and dL/dV equal autograd on ``kaol.model.forward``."""
+    model = ModelConfig(arch="uniform_mlp", m=3, sigma0=0.5, dtype=torch.float64)
+    data = make_data(SMALL.with_(context=context))
+    v, s = data.vocab, data.pretrain
+    p = _params(model, v.size, 1, seed=4)
+    batch = fast.Batch.build(s, v.size, v.rho, torch.float64)
+    out = fast.run(None, p["V"], batch, model.lam, grad_W=False, S=fast.uniform_attention(batch))
+    V = p["V"].clone().requires_grad_(True)
+    logits, S = forward(model, {"V": V}, s.tokens, s.mask, v.rho)
+    w = s.weight / s.weight.sum()
+    ce = -(s.y_prob * torch.log_softmax(logits[0], -1).gather(1, s.y_idx)).sum(1)
+    loss = (w * ce).sum()
+    (gV,) = torch.autograd.grad(loss, [V])
+    assert out.gW is None and torch.equal(out.S, S)
+    assert abs(float(out.loss[0]) - float(loss)) < TOL
+    assert torch.allclose(out.logits[0], logits[0].detach(), rtol=0, atol=TOL)
+    assert torch.allclose(out.gV, gV, rtol=0, atol=TOL) and gV.abs().max() > 1e-3
+
+
+def test_model_without_W_needs_its_attention() -> None:
+    """``W=None`` (uniform attention + MLP) without ``S``, or asking for dL/dW, is an error."""
+    model = ModelConfig(arch="uniform_mlp", m=2, dtype=torch.float64)
+    data = make_data(SMALL)
+    v = data.vocab
+    V = init_params(model, v.size, 1, 0)["V"]
+    batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
+    with pytest.raises(ValueError, match="needs its attention S and grad_W=False"):
+        fast.run(None, V, batch, model.lam, grad_W=False)
+    with pytest.raises(ValueError, match="needs its attention S and grad_W=False"):
+        fast.run(None, V, batch, model.lam, S=fast.uniform_attention(batch))
 
 
 def test_extra_input_coordinates_get_no_gradient() -> None:
