@@ -507,12 +507,14 @@ def _gather(tok: np.ndarray, w: np.ndarray, ce: np.ndarray, dscore: np.ndarray, 
                         out[neuron, j] += p[neuron, j]
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, boundscheck=False, parallel=True)
 def _descend(P: np.ndarray, G: np.ndarray, rows: np.ndarray, eta: float) -> None:  # pragma: no cover
-    """``P[b, rows[u]] -= eta G[b, u]`` for every run ``b`` and row ``u`` (the step of Sec. 4)."""
+    """``P[b, rows[u]] -= eta G[b, u]`` for every run ``b`` and row ``u`` (the step of Sec. 4), the
+    rows in parallel (each element is its own update: the same result for any thread count)."""
     step = P.dtype.type(-eta)
-    for b in range(P.shape[0]):
-        for u in range(len(rows)):
-            p, g = P[b, rows[u]], G[b, u]
-            for k in range(P.shape[2]):
-                p[k] += g[k] * step
+    U = len(rows)
+    for task in prange(P.shape[0] * U):
+        p, g = P[task // U, rows[task % U]], G[task // U, task % U]
+        for k in range(P.shape[2]):
+            p[k] += g[k] * step
+

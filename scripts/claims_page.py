@@ -9,7 +9,9 @@ Usage::
 ``--fresh DIR`` reads the notebooks that ``scripts/execute_notebooks.py --seed-offset 1000
 --out DIR`` executed and writes their verdicts to ``results/claims_fresh_seeds.json``
 (atomically); the page shows them beside the book's own, and says where a verdict changes
-with the seeds.
+with the seeds. ``DIR`` may hold some chapters only (``execute_notebooks.py --seed-offset
+1000 --out DIR book/06_experiments.ipynb``, after a change that touches that chapter): the
+claims of the other chapters keep the verdicts recorded for them, with the same offset.
 
 The rows are the ids of :data:`kaol.claims.CLAIMS`, then any other id a chapter records.
 For an id that an executed chapter recorded (``kaol.claims.record``) the paper, ours and
@@ -148,8 +150,9 @@ def page(book: Path = BOOK, fresh_path: Path = FRESH) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def record_fresh(folder: Path, path: Path = FRESH) -> dict:
-    """Write the verdicts of the notebooks executed in ``folder`` (a fresh-seed run) to ``path``."""
+def record_fresh(folder: Path, path: Path = FRESH, book: Path = BOOK) -> dict:
+    """Write the verdicts of the notebooks executed in ``folder`` (a fresh-seed run) to ``path``; the
+    claims that ``book``'s other chapters record keep their verdicts of ``path`` (same offset)."""
     found = recorded(folder)
     if not found:
         raise SystemExit(f"no executed chapter with claims in {folder}: run scripts/execute_notebooks.py "
@@ -159,10 +162,16 @@ def record_fresh(folder: Path, path: Path = FRESH) -> dict:
         raise SystemExit(f"the chapters in {folder} ran with seed offsets {sorted(offsets)}: execute them all "
                          f"with one --seed-offset N > 0")
     offset = offsets.pop()
+    rerun = {p.name for p in folder.glob("*.ipynb")}
+    chapter = {cid: f["notebook"] for cid, f in recorded(book).items()}
+    old = fresh_verdicts(path)
+    kept = {cid: v for cid, v in old["verdicts"].items()
+            if old["offset"] == offset and cid not in found and chapter.get(cid) not in rerun}
     data = {"command": f"python scripts/execute_notebooks.py --seed-offset {offset} --out DIR && "
                        f"python scripts/claims_page.py --fresh DIR",
             "offset": offset,
-            "verdicts": {cid: {k: f[k] for k in ("verdict", "ours", "seeds")} for cid, f in sorted(found.items())}}
+            "verdicts": dict(sorted({**kept, **{cid: {k: f[k] for k in ("verdict", "ours", "seeds")}
+                                                for cid, f in found.items()}}.items()))}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -126,6 +126,17 @@ def test_fresh_seed_verdicts(tmp_path: Path) -> None:
     row = next(line for line in text.splitlines() if claims_page.with_math(claims.CLAIMS["ood-r"]) in line)
     assert "; fresh seeds 0-4: reproduced; **changes with the seeds** |" in row
     assert "2 change with fresh seeds" in text
+    # A later run of some chapters only: the claims of the others keep their recorded verdicts.
+    kept = {"verdict": "partly", "ours": "x", "seeds": "1000-1004"}
+    (tmp_path / "fresh.json").write_text(json.dumps({**record, "verdicts": {**record["verdicts"],
+                                                                            "elsewhere": kept, "gone": kept}}))
+    (book / "04_finetuning.ipynb").write_text((book / "06_experiments.ipynb").read_text()
+                                              .replace("claim-ood-r-", "claim-elsewhere-"))
+    (book / "06_experiments.ipynb").write_text((book / "06_experiments.ipynb").read_text()
+                                               .replace("claim-new-one-", "claim-gone-"))
+    record = claims_page.record_fresh(fresh, tmp_path / "fresh.json", book)
+    assert record["verdicts"]["elsewhere"] == kept and "gone" not in record["verdicts"]
+    assert record["verdicts"]["ood-r"]["verdict"] == "reproduced"
     fake_chapter(fresh, True, "reproduced")            # executed without an offset: refused
     with pytest.raises(SystemExit):
         claims_page.record_fresh(fresh, tmp_path / "fresh.json")
