@@ -21,9 +21,11 @@ It measures, in one run (a few minutes on 2 CPU cores):
     ``d`` = 2048, Sec. 2 as written) against the token-basis fast path of ``kaol.fast``,
     per pre-training step on the same data in float64, and the largest difference of
     their losses over the compared steps (target: fast >= 100x dense, equal results);
-(c) a sweep of 64 runs (seeds 0..63, each with its own data draw) trained as one batch in
-    a fresh process with one and with two threads (``NUMBA_NUM_THREADS``), a reduced number
-    of steps (target: two threads >= 1.8x the throughput of one);
+(c) a sweep of 64 runs (seeds 0..63, each with its own data draw), a reduced number of
+    steps: trained as one batch in a fresh process with one and with two threads
+    (``NUMBA_NUM_THREADS``), and one run at a time as the tasks of a pool of one and of
+    two warm processes, as ``kaol.parallel`` runs a grid (target: the second core
+    >= 1.8x the throughput of one);
 (d) the peak resident memory of a fresh process that runs the batched pre-training of (c).
 
 Options: ``--threads N`` (torch threads, default 1), ``--d`` (dense dimension),
@@ -180,6 +182,49 @@ def sweep_threads(steps: int) -> list[Row]:
         [Row("(c) sweep: throughput 2 threads / 1 thread", f"{ratio:.2f}x", ">= 1.8x", _yes(ratio >= 1.8))]
 
 
+def _warm_worker() -> None:
+    """Pool initializer of (c): one torch and one numba thread per worker (as ``kaol.parallel``
+    runs a group), and the numba kernels loaded before the clock starts."""
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    d = make_data(DataConfig(seed=0))
+    params, _ = pretrain([d], schedule=Schedule(T1=1, T2=2, T=2))
+    finetune(params, [d], cfg=FTConfig(steps=2))
+
+
+def _one_run(seed: int, steps: int) -> float:
+    """(c) One run of the sweep, alone (B = 1): its data draw, pre-training, fine-tuning."""
+    d = make_data(DataConfig(seed=seed))
+    params, _ = pretrain([d], schedule=Schedule(T1=min(5, steps), T2=min(10, steps), T=steps), seed=[seed])
+    _, hist = finetune(params, [d], cfg=FTConfig(steps=steps))
+    return float(hist.loss[-1, 0])
+
+
+def sweep_processes(steps: int) -> list[Row]:
+    """(c) The same 64 runs one at a time, as tasks of a pool of one and of two warm worker
+    processes (spawned, one thread each, as ``kaol.parallel.run_all`` runs a grid's groups):
+    the throughput the second core adds without the run axis."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    times, losses = {}, {}
+    for workers in (1, 2):
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_warm_worker) as ex:
+            list(ex.map(time.sleep, [0.5] * workers))          # every worker started and warm
+            start = time.perf_counter()
+            losses[workers] = list(ex.map(_one_run, range(B_RUNS), [steps] * B_RUNS))
+            times[workers] = time.perf_counter() - start
+    n = 2 * B_RUNS * steps
+    ratio = times[1] / times[2]
+    same = losses[1] == losses[2]
+    return [Row(f"(c) sweep: the {B_RUNS} runs one at a time, {w} process{'es' * (w > 1)}",
+                f"{times[w]:.2f} s = {n / times[w]:.0f} run-steps/s") for w in (1, 2)] + \
+        [Row("(c) sweep: throughput 2 processes / 1 process", f"{ratio:.2f}x", ">= 1.8x", _yes(ratio >= 1.8)),
+         Row("(c) final losses, 1 process against 2", "bit-identical" if same else "DIFFER", "equal",
+             _yes(same))]
+
+
 def peak_memory(threads: int, steps: int = 3) -> list[Row]:
     """(d) Peak resident memory (VmHWM of /proc/self/status; ``ru_maxrss`` would carry the
     parent's peak across fork/exec) of a fresh process running the batched pre-training of
@@ -227,6 +272,7 @@ def main() -> None:
     rows += book_run(mac_ref, copy_ref)
     rows += dense_vs_fast(args.d)
     rows += sweep_threads(args.steps)
+    rows += sweep_processes(args.steps)
     rows += peak_memory(args.threads)
     print(table(rows))
     print(f"(c) uses {args.steps} steps per run instead of the book's {Schedule().T} + {FTConfig().steps}, "

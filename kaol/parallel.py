@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import product
 from typing import Callable, Iterable
 
+import numba
 import pandas as pd
 import torch
 
@@ -49,9 +51,24 @@ class Group:
 
 def run_group(g: Group) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
     """``kaol.sweep.grid`` on one group, single-threaded (bit-identical wherever it runs)."""
+    with one_thread():
+        return grid(g.base, K=[g.K], N_ft=list(g.N_ft), R=[g.R], seeds=list(g.seeds), model=g.model,
+                    schedule=g.schedule, ft=g.ft)
+
+
+@contextmanager
+def one_thread():
+    """torch and numba on one thread inside, restored after: each worker of a pool keeps to
+    its core (numba's default of one thread per core, in every worker, oversubscribes the
+    cores several times over); results are bit-identical at any thread count."""
+    threads = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(1)
-    return grid(g.base, K=[g.K], N_ft=list(g.N_ft), R=[g.R], seeds=list(g.seeds), model=g.model,
-                schedule=g.schedule, ft=g.ft)
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
 
 
 def run_all(fn: Callable, items: list, engine: str = "local", address: str | None = None,
@@ -170,6 +187,11 @@ def _die_with_parent(parent: int) -> None:
 def run_grid(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False, **engine
              ) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
     """The ``N~_f x seeds`` grid of ``scale`` at every ``(K, R)`` of ``pairs``, one parallel task each."""
+    return _collect(run_all(run_group, _groups(scale, pairs, rank1), **engine))
+
+
+def _groups(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False) -> list[Group]:
+    """One ``Group`` per distinct ``(K, R)`` of ``pairs``, every cell checked before any run."""
     ft = replace(scale.ft, rank1=rank1)
     pairs = list(dict.fromkeys(pairs))
     if not pairs:
@@ -177,8 +199,11 @@ def run_grid(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False
     for k, r in pairs:
         for n in scale.N_ft:
             scale.base.with_(K=k, R=r, N_ft=n)   # K <= R and N_ft <= N_f, said before any run
-    groups = [Group(scale.base, k, r, scale.N_ft, scale.seeds, scale.model, scale.schedule, ft) for k, r in pairs]
-    results = run_all(run_group, groups, **engine)
+    return [Group(scale.base, k, r, scale.N_ft, scale.seeds, scale.model, scale.schedule, ft) for k, r in pairs]
+
+
+def _collect(results: list) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
+    """The groups' tables as one, and their curves in one dict."""
     curves = {key: h for _, c in results for key, h in c.items()}
     return pd.concat([df for df, _ in results], ignore_index=True), curves
 
@@ -204,8 +229,13 @@ def fig2b(scale: Scale, **engine) -> tuple[pd.DataFrame, dict]:
 
 
 def rank1(scale: Scale, **engine) -> tuple[pd.DataFrame, dict]:
-    """App. H: the Fig. 2a grid fine-tuned in full and with rank-1 updates (column ``ft``)."""
-    full, c1 = fig2a(scale, **engine)
-    low, c2 = run_grid(scale, pairs_2a(scale), rank1=True, **engine)
-    return pd.concat([full, low], ignore_index=True), {**{k + ("full",): v for k, v in c1.items()},
-                                                         **{k + ("rank1",): v for k, v in c2.items()}}
+    """App. H: the Fig. 2a grid fine-tuned in full and with rank-1 updates (column ``ft``).
+
+    Both kinds of group go to one pool, the full ones first: no core waits for the last
+    full group, and each rank-1 group, started when a worker frees, finds its pre-training
+    in the cache (or, with more workers than full groups, computes the same one)."""
+    full, low = _groups(scale, pairs_2a(scale)), _groups(scale, pairs_2a(scale), rank1=True)
+    results = run_all(run_group, full + low, **engine)
+    (df_full, c_full), (df_low, c_low) = _collect(results[:len(full)]), _collect(results[len(full):])
+    return pd.concat([df_full, df_low], ignore_index=True), {**{k + ("full",): v for k, v in c_full.items()},
+                                                               **{k + ("rank1",): v for k, v in c_low.items()}}

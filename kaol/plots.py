@@ -328,3 +328,22 @@ def plot_curves(curves: dict, K: int, N_ft: int, R: int, ax=None):
                  fontsize=10)
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return ax
+
+
+def plot_rank1(both: pd.DataFrame):
+    """Best-step OOD accuracy after rank-1 against after full fine-tuning (App. H), one point
+    per cell of ``both`` (a ``summary`` of each, merged with suffixes ``_full``, ``_rank1``),
+    unseen frequent facts left, rare facts right; colour: ``K``."""
+    Ks = sorted(both["K"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.2), sharey=True, layout="constrained")
+    for ax, part in zip(axes, ("freq", "rare")):
+        sc = ax.scatter(both[f"best_{part}_full"], both[f"best_{part}_rank1"],
+                        c=np.log2(both["K"]), cmap="viridis", vmin=np.log2(Ks[0]), vmax=np.log2(Ks[-1]))
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlabel("full fine-tuning (best step)")
+        ax.set_title({"freq": "unseen frequent facts", "rare": "rare facts"}[part], fontsize=10)
+    axes[0].set_ylabel("rank-1 fine-tuning (best step)")
+    cb = fig.colorbar(sc, ax=axes, ticks=np.log2(Ks))
+    cb.set_ticklabels([str(k) for k in Ks])
+    cb.set_label("K")
+    return fig

@@ -15,7 +15,7 @@ from . import checks
 from .cache import memo
 from .data import DataConfig, entropy, make_data
 from .model import ModelConfig
-from .parallel import run_all
+from .parallel import one_thread, run_all
 from .scales import Arch, Scale
 from .train import FTConfig, finetune, pretrain
 
@@ -48,8 +48,8 @@ def _check_task(task: ArchTask) -> None:
 def run_arch(task: ArchTask) -> dict[str, object]:
     """Pre-train one architecture (App. A), then fine-tune it and read the OOD accuracy (cached)."""
     _check_task(task)
-    torch.set_num_threads(1)
-    return memo("table3", (task,), lambda: _run_arch(task))
+    with one_thread():
+        return memo("table3", (task,), lambda: _run_arch(task))
 
 
 def _run_arch(task: ArchTask) -> dict[str, object]:

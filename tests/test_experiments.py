@@ -111,8 +111,11 @@ def test_sweep_rows_and_curves() -> None:
     assert df.loc[df["N_ft"] == 12, "best_freq"].isna().all()
     assert set(curves) == {(k, n, 4, s) for k in (1, 2) for n in (4, 8, 12) for s in (0, 1)}
     assert curves[(2, 4, 4, 0)].acc_freq.shape == (TINY.ft.steps + 1, 1)
-    both, _ = parallel.rank1(TINY, workers=1, log=lambda s: None)
+    both, curves2 = parallel.rank1(TINY, workers=1, log=lambda s: None)
     assert sorted(both["ft"].unique()) == ["full", "rank1"]
+    # one pool for both kinds: the full half is the Fig. 2a grid, row for row
+    pd.testing.assert_frame_equal(both[both["ft"] == "full"].reset_index(drop=True), df)
+    assert set(curves2) == {k + (f,) for k in curves for f in ("full", "rank1")}
 
 
 def test_table3_and_summary() -> None:

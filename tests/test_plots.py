@@ -116,3 +116,16 @@ def test_figure_data_is_a_csv_link(hist) -> None:
     back = pd.read_csv(io.StringIO(base64.b64decode(uri).decode()))
     assert list(back.columns) == list(table.columns)
     np.testing.assert_allclose(back.to_numpy(float), table.to_numpy(float), rtol=1e-5)
+
+
+def test_rank1_scatter_one_point_per_cell_and_colour_per_K() -> None:
+    import pandas as pd
+    both = pd.DataFrame({"K": [1, 2, 4], "N_ft": [10, 10, 10],
+                         **{f"best_{p}_{f}": [0.1, 0.5, 0.9] for p in ("freq", "rare") for f in ("full", "rank1")}})
+    fig = plots.plot_rank1(both)
+    panels, colorbar = fig.axes[:2], fig.axes[2]
+    assert len(fig.axes) == 3 and colorbar.get_ylabel() == "K"
+    xy = panels[0].collections[0].get_offsets()
+    np.testing.assert_allclose(xy, [[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])
+    assert [t.get_text() for t in colorbar.get_yticklabels()] == ["1", "2", "4"]
+    plt.close(fig)
