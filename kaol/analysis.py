@@ -33,6 +33,15 @@ def with_bound(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def bound_margins(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """``with_bound`` per run, plus ``margin`` (bound - best-step error: negative where the
+    run violates the bound) and ``agree`` (the regime the bound predicts, bound < 1 -
+    ``threshold``, is the measured one, best accuracy > ``threshold``)."""
+    d = with_bound(df)
+    return d.assign(margin=d["bound"] - d["err_best"],
+                    agree=(d["best"] > threshold) == (d["bound"] < 1 - threshold))
+
+
 def gains(s: pd.DataFrame, cols: tuple[str, ...] = ("best_freq", "best_rare")
           ) -> tuple[dict[str, float], dict[str, float]]:
     """Fig. 2a's trend in a ``summary`` of one ``R``: the accuracy gained from the smallest to

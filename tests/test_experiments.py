@@ -55,6 +55,17 @@ def test_summary_regimes() -> None:
     assert s.loc[4, "err_best"] == pytest.approx(0.09)
 
 
+def test_bound_margins_per_run() -> None:
+    """Per run: bound - error (negative where the bound is violated) and whether the bound's
+    regime is the measured one."""
+    m = analysis.bound_margins(_fake_runs()).set_index(["K", "seed"])
+    assert m.loc[(1, 0), "margin"] == pytest.approx(float(bound(10, 1, 20)) - 0.8)
+    assert m.loc[(4, 1), "margin"] == pytest.approx(float(bound(50, 4, 20)) - 0.08)
+    assert m.loc[(4, 1), "margin"] < 0 < m.loc[(1, 0), "margin"]
+    assert m["agree"].all()                          # fails where predicted to, extracts where predicted to
+    assert not analysis.bound_margins(_fake_runs(), threshold=0.1).loc[0, "agree"]   # K = 1 extracts 0.2 > 0.1; bound 0.96 > 0.9
+
+
 def _square(x: int) -> int:
     return x * x
 

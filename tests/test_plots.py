@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
@@ -106,7 +107,6 @@ def test_figure_data_is_a_csv_link(hist) -> None:
     import io
     import re
 
-    import pandas as pd
 
     table = hist.table()
     assert list(table["step"]) == hist.steps and "attention on s, (c,s,r) inputs" in table
@@ -119,7 +119,6 @@ def test_figure_data_is_a_csv_link(hist) -> None:
 
 
 def test_rank1_scatter_one_point_per_cell_and_colour_per_K() -> None:
-    import pandas as pd
     both = pd.DataFrame({"K": [1, 2, 4], "N_ft": [10, 10, 10],
                          **{f"best_{p}_{f}": [0.1, 0.5, 0.9] for p in ("freq", "rare") for f in ("full", "rank1")}})
     fig = plots.plot_rank1(both)
