@@ -100,9 +100,9 @@ def rank1(gV: torch.Tensor) -> torch.Tensor:
     change it.
 
     With ``M`` the (inputs x neurons) matrix, ``u_1`` is the top eigenvector of the small Gram
-    matrix ``M M^T`` (inputs x inputs) and ``sigma_1 u_1 v_1^T = u_1 u_1^T M``: the same matrix
-    as from an SVD of ``M``. ``_rank1`` finds ``u_1`` by power iteration in float64 with every
-    sum in a fixed order, so the result is the same on every CPU.
+    matrix ``G = M M^T`` (inputs x inputs) and ``sigma_1 u_1 v_1^T = u_1 u_1^T M``: the same matrix
+    as from an SVD of ``M``. ``_rank1`` finds ``u_1`` by repeated squaring of ``G`` in float64
+    with every sum in a fixed order, so the result is the same on every CPU.
     """
     out = torch.empty_like(gV)
     B, R = gV.shape[:2]
@@ -110,12 +110,23 @@ def rank1(gV: torch.Tensor) -> torch.Tensor:
     return out
 
 
+SQUARINGS = 64
+"""At most this many squarings of the Gram matrix in ``_rank1`` (``G^(2^64)``)."""
+
+
 @njit(cache=True, boundscheck=False)
 def _rank1(M: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    """``out[b] = u u^T M[b]`` with ``u`` the top eigenvector of ``M[b] M[b]^T`` restricted to the
-    non-zero rows of ``M[b]`` (see ``rank1``). The power iteration starts from the column of
-    largest diagonal of ``G^256`` (eight squarings of the Gram matrix ``G``) and stops when
-    ``u`` moves by less than 1e-13 (at most 10^4 steps)."""
+    """``out[b] = u u^T M[b]`` with ``u`` the top eigenvector of ``G = M[b] M[b]^T`` restricted to
+    the non-zero rows of ``M[b]`` (see ``rank1``).
+
+    ``A = G / max|G|`` is squared (and rescaled) until it stops moving (by less than 1e-14):
+    after ``s`` squarings ``A ~ G^(2^s)``, whose second direction has shrunk by
+    ``(lambda_2 / lambda_1)^(2^s)``, so the number of squarings grows only with
+    ``log(1 / (1 - lambda_2 / lambda_1))``. Late in fine-tuning the top two directions of the
+    gradient nearly coincide (``lambda_2 / lambda_1 = 0.9997``), where a power iteration on
+    ``G`` needs 10^5 steps; squaring needs 18. ``A`` then is ``u u^T`` up to scale (or, if
+    ``lambda_1 = lambda_2`` exactly, the projector on their span), and ``u`` is its column of
+    largest diagonal, normalised."""
     B, R, K = M.shape
     out[:] = 0
     for b in range(B):
@@ -125,44 +136,69 @@ def _rank1(M: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
             continue
         Mt = np.empty((K, U))
         for k in range(U):
-            for c in range(K):
-                Mt[c, k] = M[b, rows[k], c]
-        G = np.zeros((U, U))
-        for c in range(K):
-            for i in range(U):
-                x = Mt[c, i]
-                for k in range(U):
-                    G[i, k] += x * Mt[c, k]
+            Mt[:, k] = M[b, rows[k]]
+        G = _gram(Mt)
         A = G / np.abs(G).max()
-        for _ in range(8):                             # A ~ G^256: the top direction dominates
-            A2 = np.zeros((U, U))
-            for i in range(U):
-                for c in range(U):
-                    x = A[i, c]
-                    for k in range(U):
-                        A2[i, k] += x * A[c, k]
-            A = A2 / np.abs(A2).max()
+        for _ in range(SQUARINGS):
+            A2 = _square(A)
+            moved = np.abs(A2 - A).max()
+            A = A2
+            if moved < 1e-14:
+                break
         top = 0
         for i in range(U):
             if A[i, i] > A[top, top]:
                 top = i
         u = A[:, top] / math.sqrt(_dot(A[:, top], A[:, top]))
-        for _ in range(10000):
-            x = np.zeros(U)
-            for i in range(U):
-                x[i] = _dot(G[i], u)
-            x /= math.sqrt(_dot(x, x))
-            moved = np.abs(x - u).max()
-            u = x
-            if moved < 1e-13:
-                break
         coef = np.zeros(K)                             # u^T M
         for k in range(U):
+            Mk = M[b, rows[k]]
             for c in range(K):
-                coef[c] += u[k] * Mt[c, k]
+                coef[c] += u[k] * Mk[c]
         for k in range(U):
+            ok = out[b, rows[k]]
             for c in range(K):
-                out[b, rows[k], c] = u[k] * coef[c]
+                ok[c] = u[k] * coef[c]
+
+
+@njit(cache=True, boundscheck=False)
+def _gram(Mt: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """``G = Mt^T Mt`` (U x U) from ``Mt`` (K x U), each ``G[i, k]`` summed over the rows of
+    ``Mt`` in index order. Eight rows at a time (added one after another, so the order is the
+    same): ``G`` (180 KB at U = 151) goes through the cache once per eight rows, not per row,
+    which made it 2.5x faster."""
+    K, U = Mt.shape
+    G = np.zeros((U, U))
+    K8 = K // 8 * 8
+    for c in range(0, K8, 8):
+        m0, m1, m2, m3, m4, m5, m6, m7 = Mt[c], Mt[c + 1], Mt[c + 2], Mt[c + 3], Mt[c + 4], Mt[c + 5], Mt[c + 6], \
+            Mt[c + 7]
+        for i in range(U):
+            x0, x1, x2, x3, x4, x5, x6, x7 = m0[i], m1[i], m2[i], m3[i], m4[i], m5[i], m6[i], m7[i]
+            g = G[i]
+            for k in range(U):
+                g[k] = (((((((g[k] + x0 * m0[k]) + x1 * m1[k]) + x2 * m2[k]) + x3 * m3[k]) + x4 * m4[k])
+                        + x5 * m5[k]) + x6 * m6[k]) + x7 * m7[k]
+    for c in range(K8, K):
+        x = Mt[c]
+        for i in range(U):
+            g = G[i]
+            for k in range(U):
+                g[k] += x[i] * x[k]
+    return G
+
+
+@njit(cache=True, boundscheck=False)
+def _square(A: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """``A^2 / max|A^2|`` of a square matrix, each sum in index order."""
+    U = A.shape[0]
+    A2 = np.zeros((U, U))
+    for i in range(U):
+        for c in range(U):
+            x = A[i, c]
+            for k in range(U):
+                A2[i, k] += x * A[c, k]
+    return A2 / np.abs(A2).max()
 
 
 @njit(cache=True)

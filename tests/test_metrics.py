@@ -2,6 +2,8 @@
 Eckart-Young) against a plain numpy SVD."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,21 @@ def test_spectrum_and_alignment(ft_gradient) -> None:
         assert align[b] == pytest.approx(abs(U[q, 0]), abs=1e-10)
     share = metrics.rank1_share(sv)
     assert np.all((share > 0) & (share <= 1))
+
+
+@pytest.mark.parametrize("gap", [1e-1, 1e-4, 1e-7])
+def test_rank1_nearly_degenerate(gap: float) -> None:
+    """Top two singular values ``1`` and ``sqrt(1 - gap)`` (``lambda_2 / lambda_1 = 1 - gap``, as
+    late in fine-tuning at paper scale, where a power iteration on the Gram matrix stalled):
+    still the top singular triplet, to the accuracy the gap allows."""
+    rng = np.random.default_rng(0)
+    vocab_size, m = 12, 3
+    U, _ = np.linalg.qr(rng.standard_normal((vocab_size, vocab_size)))
+    V, _ = np.linalg.qr(rng.standard_normal((m * vocab_size, vocab_size)))
+    s = np.concatenate([[1.0, math.sqrt(1 - gap)], np.linspace(0.5, 0.01, vocab_size - 2)])
+    gV = torch.from_numpy((U * s) @ V.T).reshape(1, vocab_size, m, vocab_size)
+    R1 = metrics.rank1(gV)[0].reshape(vocab_size, -1).numpy()
+    np.testing.assert_allclose(R1, np.outer(U[:, 0], V[:, 0]), rtol=0, atol=1e-14 / gap)
 
 
 @given(B=st.integers(1, 3), vocab_size=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
