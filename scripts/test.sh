@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# The README's test command: install into .venv, then run every test in three jobs side by side
-# on the machine's cores, each single-threaded (results do not depend on the thread count:
-# tests/test_determinism.py). The two book passes take most of the time; the third job's
-# smaller parts fill the cores around them, so no core waits:
-# job 1: every notebook of book/ re-executed by nbval and its outputs compared with the
+# The README's test command: install into .venv, then run every check as one task of a list,
+# as many at a time as the machine has cores, longest first (so no core idles while one long
+# task finishes). Each task is single-threaded: results do not depend on the thread count
+# (tests/test_determinism.py). The tasks:
+# another-cpu NOTEBOOK: the notebook re-executed by nbval and its outputs compared with the
 #    committed ones, as another machine would compute them: numba compiling for a generic
 #    x86-64 CPU and torch's kernels at their default capability, with fresh numba and kaol
-#    caches (the notebooks were executed on this project's machine, with its native settings,
-#    so this one pass checks both that the book reproduces and that it does not depend on the
-#    CPU); then the unit tests of kaol (tests/, native CPU, --slow: all of them);
-# job 2: the book on fresh seeds: every seed shifted by KAOL_SEED_OFFSET=1000, outputs not
-#    compared (--nbval-lax), every claim's assert must pass; then node --test tests/js/
-#    (web/kaol.js, the model the live figures train in the reader's browser, against kaol's
-#    fixtures);
-# job 3: the HTML book built with -W (warnings are errors), then tests/browser (the built book
-#    opened page by page in headless Chromium; skipped when no Chromium is installed: as root
-#    this script installs Debian's chromium first), then scripts/check_binder.sh (the Binder
-#    environment built in a throwaway venv, chapter 1 run in it).
+#    caches (shared by these tasks). The notebooks were executed on this project's machine with
+#    its native settings, so this checks both that the book reproduces and that it does not
+#    depend on the CPU;
+# fresh-seeds NOTEBOOK: the notebook on fresh seeds: every seed shifted by KAOL_SEED_OFFSET=1000,
+#    outputs not compared (--nbval-lax), every claim's assert must pass;
+# unit: the unit tests of kaol (tests/, native CPU, --slow: all of them);
+# node: node --test tests/js/ (web/kaol.js, the model the live figures train in the reader's
+#    browser, against kaol's fixtures);
+# build-browser: the HTML book built with -W (warnings are errors), then tests/browser (the
+#    built book opened page by page in headless Chromium; skipped when no Chromium is installed:
+#    as root this script installs Debian's chromium first);
+# binder: scripts/check_binder.sh (the Binder environment built in a throwaway venv, chapter 1
+#    run in it).
+# Every task's log is printed at the end, with its exit code and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,37 +35,63 @@ fi
 # from what the clone holds, not from a cache left elsewhere on the machine.
 export KAOL_CACHE="${KAOL_CACHE:-$PWD/.kaol_cache/kaol}"
 export NUMBA_NUM_THREADS=1
-scratch="$(mktemp -d "${TMPDIR:-/tmp}/kaol-passes.XXXXXX")"
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/kaol-tasks.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
-mkdir -p "$scratch/numba" "$scratch/cache-cpu" "$scratch/cache-seeds"
-status=0
-# run NAME COMMAND...: run in the background, output to $scratch/NAME.log
-run() { local name=$1; shift; "$@" >"$scratch/$name.log" 2>&1 & pids[$name]=$!; started[$name]=$SECONDS; }
-# finish NAME: wait for it, print its log, record a failure (pytest's 5, no tests, is none)
-finish() {
+mkdir -p "$scratch/numba" "$scratch/cache-cpu" "$scratch/cache-seeds" "$scratch/logs"
+export scratch
+
+# task NAME [NOTEBOOK]: one check (see above); pytest's exit code 5 (no tests collected:
+# tests/browser without Chromium) counts as a pass
+task() {
     local rc=0
-    wait "${pids[$1]}" || rc=$?
-    echo "== $1 (exit code $rc, $((SECONDS - started[$1])) s)"; cat "$scratch/$1.log"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then status=1; fi
+    case "$1" in
+        another-cpu) NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$scratch/numba" \
+            KAOL_CACHE="$scratch/cache-cpu" pytest -p no:cacheprovider --durations=5 "book/$2" || rc=$? ;;
+        fresh-seeds) KAOL_SEED_OFFSET=1000 KAOL_CACHE="$scratch/cache-seeds" \
+            pytest -p no:cacheprovider --durations=5 --nbval-lax "book/$2" || rc=$? ;;
+        unit) pytest tests --ignore=tests/browser --slow --durations=10 || rc=$? ;;
+        node) node --test tests/js/ || rc=$? ;;
+        build-browser) jupyter-book build . -W -n --keep-going || rc=$?
+            [ "$rc" -ne 0 ] || pytest -p no:cacheprovider tests/browser || rc=$? ;;
+        binder) bash scripts/check_binder.sh || rc=$? ;;
+        *) echo "unknown task $1"; rc=1 ;;
+    esac
+    [ "$rc" -ne 5 ] || rc=0
+    return "$rc"
 }
-# exit code of a job's parts: pytest's 5 (no tests collected: tests/browser without Chromium) is no failure
-worst='r=0; for c in "$@"; do [ "$c" -eq 0 ] || [ "$c" -eq 5 ] || r=1; done; exit $r'
-declare -A pids started
-run book-another-cpu-then-unit bash -c '
-    NUMBA_CPU_NAME=generic ATEN_CPU_CAPABILITY=default NUMBA_CACHE_DIR="$0/numba" \
-        KAOL_CACHE="$0/cache-cpu" pytest -p no:cacheprovider --durations=10 book; book=$?
-    pytest tests --ignore=tests/browser --slow --durations=10; unit=$?
-    bash -c "$1" - $book $unit' "$scratch" "$worst"
-run fresh-seeds-then-node bash -c '
-    KAOL_SEED_OFFSET=1000 KAOL_CACHE="$0/cache-seeds" pytest -p no:cacheprovider --durations=10 --nbval-lax book
-    seeds=$?; node --test tests/js/; node=$?
-    bash -c "$1" - $seeds $node' "$scratch" "$worst"
-run build-browser-binder bash -c '
-    jupyter-book build . -W -n --keep-going; build=$?
-    browser=1; [ "$build" -ne 0 ] || { pytest -p no:cacheprovider tests/browser; browser=$?; }
-    bash scripts/check_binder.sh; binder=$?
-    bash -c "$1" - $build $browser $binder' "$worst"
-finish build-browser-binder
-finish fresh-seeds-then-node
-finish book-another-cpu-then-unit
+# run_task NAME [NOTEBOOK]: task with its output in logs/, then its exit code and seconds
+run_task() {
+    local log="$scratch/logs/${1}${2:+-$2}" start=$SECONDS rc=0
+    task "$@" >"$log.log" 2>&1 || rc=$?
+    echo "$rc $((SECONDS - start))" >"$log.rc"
+}
+export -f task run_task
+
+# Longest first, as measured on a clean clone (2 cores, 2026-12-02).
+tasks=(
+    "another-cpu 06_experiments.ipynb" "fresh-seeds 06_experiments.ipynb"
+    "another-cpu 08_popqa.ipynb" "fresh-seeds 08_popqa.ipynb"
+    "another-cpu 07_gpt2_synthetic.ipynb" "fresh-seeds 07_gpt2_synthetic.ipynb"
+    "build-browser"
+    "another-cpu 05_low_rank.ipynb" "fresh-seeds 05_low_rank.ipynb"
+    "another-cpu 04_finetuning.ipynb" "fresh-seeds 04_finetuning.ipynb"
+    "another-cpu 03_pretraining.ipynb" "fresh-seeds 03_pretraining.ipynb"
+    "binder" "unit"
+    "another-cpu 02_data.ipynb" "fresh-seeds 02_data.ipynb"
+    "another-cpu 01_architecture.ipynb" "fresh-seeds 01_architecture.ipynb"
+    "node"
+)
+printf '%s\n' "${tasks[@]}" | xargs -P "$(nproc)" -L 1 bash -c 'run_task "$@"' -
+status=0
+for t in "${tasks[@]}"; do
+    log="$scratch/logs/${t// /-}"
+    read -r rc secs <"$log.rc" 2>/dev/null || { rc=1; secs="?"; }
+    echo "== $t (exit code $rc, $secs s)"; cat "$log.log"
+    [ "$rc" -eq 0 ] || status=1
+done
+echo "== summary: $SECONDS s in all"
+for t in "${tasks[@]}"; do
+    read -r rc secs <"$scratch/logs/${t// /-}.rc" 2>/dev/null || { rc=1; secs="?"; }
+    echo "$t: exit code $rc, $secs s"
+done
 exit "$status"
