@@ -67,19 +67,29 @@ run_task() {
 }
 export -f task run_task
 
-# Longest first, as measured on a clean clone (2 cores, 2026-12-02).
+# Longest first, by the seconds each took in a clean-clone run on 2 cores (2026-12-02, 1155 s
+# in all: install 85, tasks 2141 on two cores).
 tasks=(
-    "another-cpu 06_experiments.ipynb" "fresh-seeds 06_experiments.ipynb"
-    "another-cpu 08_popqa.ipynb" "fresh-seeds 08_popqa.ipynb"
-    "another-cpu 07_gpt2_synthetic.ipynb" "fresh-seeds 07_gpt2_synthetic.ipynb"
-    "build-browser"
-    "another-cpu 05_low_rank.ipynb" "fresh-seeds 05_low_rank.ipynb"
-    "another-cpu 04_finetuning.ipynb" "fresh-seeds 04_finetuning.ipynb"
-    "another-cpu 03_pretraining.ipynb" "fresh-seeds 03_pretraining.ipynb"
-    "binder" "unit"
-    "another-cpu 02_data.ipynb" "fresh-seeds 02_data.ipynb"
-    "another-cpu 01_architecture.ipynb" "fresh-seeds 01_architecture.ipynb"
-    "node"
+    "another-cpu 06_experiments.ipynb"      # 692
+    "fresh-seeds 06_experiments.ipynb"      # 419
+    "another-cpu 08_popqa.ipynb"            # 239
+    "fresh-seeds 08_popqa.ipynb"            # 208
+    "another-cpu 03_pretraining.ipynb"      # 128
+    "binder"                                # 81
+    "build-browser"                         # 60
+    "unit"                                  # 53
+    "fresh-seeds 03_pretraining.ipynb"      # 50
+    "another-cpu 07_gpt2_synthetic.ipynb"   # 47
+    "fresh-seeds 07_gpt2_synthetic.ipynb"   # 40
+    "another-cpu 05_low_rank.ipynb"         # 29
+    "another-cpu 04_finetuning.ipynb"       # 28
+    "fresh-seeds 05_low_rank.ipynb"         # 23
+    "fresh-seeds 04_finetuning.ipynb"       # 19
+    "another-cpu 01_architecture.ipynb"     # 7
+    "another-cpu 02_data.ipynb"             # 7
+    "fresh-seeds 01_architecture.ipynb"     # 6
+    "fresh-seeds 02_data.ipynb"             # 4
+    "node"                                  # 1
 )
 printf '%s\n' "${tasks[@]}" | xargs -P "$(nproc)" -L 1 bash -c 'run_task "$@"' -
 status=0
