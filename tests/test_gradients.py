@@ -96,6 +96,29 @@ def test_qa_gradient_with_fixed_attention() -> None:
     assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
 
 
+def test_negligible_tokens_left_out_exactly() -> None:
+    """Attention that puts weights below ``NEGLIGIBLE`` (subnormal in float32) on some tokens, as
+    trained attention does: ``fast.run`` in float32 still equals float64 autograd on the whole
+    model to float32 rounding, and the tokens left out get no ``dL/dW``."""
+    model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float32)
+    data = make_data(SMALL)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=4)
+    p["W"][0, v.c, :] = -20.0          # the context weighs about e^-(20 rho_c) of the others
+    batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float32)
+    S = fast.attention(p["W"], batch)
+    a = S * batch.rho_tokens
+    tiny = (a > 0) & (a < fast.NEGLIGIBLE * a.amax(-1, keepdim=True))
+    assert tiny.sum() >= 10 and bool((a[tiny] < torch.finfo(torch.float32).tiny).any())   # subnormal weights
+    out = fast.run(p["W"], p["V"], batch, model.lam)
+    m64 = model.with_(dtype=torch.float64)
+    loss, gW, gV = autograd_one(m64, p["W"][0].double(), p["V"][0].double(), data.pretrain, v.rho)
+    assert abs(float(out.loss[0]) - loss) < 1e-6 * loss
+    assert torch.allclose(out.gV[0].double(), gV, rtol=0, atol=1e-6 * float(gV.abs().max()))
+    assert torch.allclose(out.gW[0].double(), gW, rtol=0, atol=1e-6 * float(gW.abs().max()))
+    assert float(out.gW[0, v.c].abs().max()) == 0.0     # the context row of W: only tiny-weight terms
+
+
 @pytest.mark.parametrize("context", [True, False], ids=["context", "three-token"])
 def test_uniform_mlp_matches_autograd(context: bool) -> None:
     """Uniform attention + MLP (Table 3) trains on the exact path with ``W=None`` and its uniform
