@@ -198,6 +198,7 @@ class Pass:
     ce: torch.Tensor            # (B, n) cross-entropy of each row
     S: torch.Tensor             # (B, n, L) attention of the last token
     logits: torch.Tensor        # (B, n, vocab_size)
+    pred: torch.Tensor          # (B, n) argmax of each row's logits (the first of equal largest)
     gW: torch.Tensor | None = None
     gV_rows: torch.Tensor | None = None   # (B, U, m, vocab_size): dL/dV[:, rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
@@ -233,20 +234,24 @@ def uniform_attention(batch: Batch) -> torch.Tensor:
 
 
 def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
-        grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None) -> Pass:
+        grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None, loss: bool = True) -> Pass:
     """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, vocab_size, vocab_size) and of
     the rows of ``V`` (B, vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
     ``Pass.gV`` is the whole of it).
 
     ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention; a model without
     ``W`` (uniform attention, ``uniform_attention``) passes ``W=None``, its ``S`` and
-    ``grad_W=False``. ``reuse``, the
+    ``grad_W=False``. ``loss=False`` (with ``grad=False``) computes the logits and their argmax only,
+    without the softmax (``Pass.loss`` and ``Pass.ce`` are then NaN): fine-tuning's evaluation
+    needs no more. ``reuse``, the
     ``Pass`` of an earlier call on the same batch, lends its logits, cross-entropies and
     gradients as work space: they are overwritten (the training loops pass the previous
     step's, which saves the page faults of fresh buffers of several MB at every step).
     """
     B, vocab_size, m, _ = V.shape
     n, L = batch.shape[1:]
+    if grad and not loss:
+        raise ValueError("grad=True needs loss=True: the gradients come from the softmax")
     if W is None and (S is None or (grad and grad_W)):
         raise ValueError("W = None (a model without W) needs its attention S and grad_W=False")
     W_shape = (B, vocab_size, vocab_size) if W is None else tuple(W.shape)
@@ -257,19 +262,21 @@ def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad:
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
     S = attention(W, batch) if S is None else S
-    loss = torch.empty(B, dtype=V.dtype)
+    total = torch.empty(B, dtype=V.dtype)
     z, ce = _buffer(reuse, "logits", (B, n, vocab_size), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
     gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, vocab_size), V.dtype).zero_()
     gW = _buffer(reuse, "gW", (B, vocab_size, vocab_size if grad and grad_W else 0), V.dtype).zero_()
     part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, vocab_size), V.dtype).zero_()
     dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_()
+    pred = torch.empty(B, n, dtype=torch.long)
     _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.rho_tokens.numpy(),
           V.detach().contiguous().numpy(),
-          batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, grad,
-          batch.order, batch.bounds, batch.dest, z.numpy(), ce.numpy(), gV.numpy(), part.numpy(), dscore.numpy())
+          batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, loss, grad,
+          batch.order, batch.bounds, batch.dest, z.numpy(), pred.numpy(), ce.numpy(), gV.numpy(), part.numpy(),
+          dscore.numpy())
     _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W, batch.sums, part.numpy(),
-            loss.numpy(), gV.numpy(), gW.numpy())
-    out = Pass(loss, ce, S, z, part=part, dscore=dscore)
+            total.numpy(), gV.numpy(), gW.numpy())
+    out = Pass(total, ce, S, z, pred, part=part, dscore=dscore)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
@@ -353,6 +360,29 @@ def _sum(x: np.ndarray) -> float:  # pragma: no cover
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 
 
+@njit(cache=True, boundscheck=False)
+def _argmax(x: np.ndarray) -> int:  # pragma: no cover
+    """The first index of the largest entry of ``x``, as ``torch.argmax`` (with a NaN in ``x``: the
+    first index that holds a NaN or the largest number; a run with NaN logits has diverged and
+    is stopped). The maximum is taken in eight lanes over ``j mod 8`` (exact: ``max`` does not
+    round) so that the loop vectorises."""
+    n8 = len(x) // 8 * 8
+    best = np.empty(8, x.dtype)
+    best[:] = x[0]
+    for j0 in range(0, n8, 8):
+        for lane in range(8):
+            best[lane] = max(best[lane], x[j0 + lane])
+    mx = best[0]
+    for lane in range(1, 8):
+        mx = max(mx, best[lane])
+    for j in range(n8, len(x)):
+        mx = max(mx, x[j])
+    for j in range(len(x)):
+        if x[j] == mx or x[j] != x[j]:
+            return j
+    return 0
+
+
 @njit(cache=True)
 def _log(x: float) -> float:  # pragma: no cover
     """``log x`` in float64 for ``x > 0``, to about 1 ulp, from IEEE operations only:
@@ -394,8 +424,9 @@ def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarra
 
 @njit(cache=True, boundscheck=False, parallel=True)
 def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
-          w: np.ndarray, lam: float, grad: bool, order: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
-          z: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray) -> None:  # pragma: no cover
+          w: np.ndarray, lam: float, loss: bool, grad: bool, order: np.ndarray, bounds: np.ndarray,
+          dest: np.ndarray, z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray
+          ) -> None:  # pragma: no cover
     """The parallel loop behind ``run``, one task per chunk of rows of a run (``Batch``); per row
     see ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its
     own partial rows in ``part`` (shared rows), both zeroed by the caller."""
@@ -408,18 +439,19 @@ def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_
         g = np.empty(vocab_size)
         a = np.empty(L, V.dtype)
         for ii in range(bounds[b, c], bounds[b, c + 1]):
-            _row(b, order[b, ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, grad, dest[b, c], z, ce, gV, part,
-                 dscore, pre, buf, g, a)
+            _row(b, order[b, ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[b, c], z, pred, ce,
+                 gV, part, dscore, pre, buf, g, a)
 
 
 @njit(cache=True, boundscheck=False)
 def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
-         y_prob: np.ndarray, w: np.ndarray, lam: float, grad: bool, dest: np.ndarray, z: np.ndarray, ce: np.ndarray,
-         gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray, buf: np.ndarray, g: np.ndarray,
-         a: np.ndarray) -> None:  # pragma: no cover
+         y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, dest: np.ndarray, z: np.ndarray,
+         pred: np.ndarray,
+         ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray, buf: np.ndarray,
+         g: np.ndarray, a: np.ndarray) -> None:  # pragma: no cover
     """Row ``i`` of run ``b``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] =
-    sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2) and the
-    cross-entropy; with ``grad``, Lemma 1's ``dL/dV[b, t_l] += a_l g_j 1[pre > 0]`` (into
+    sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the
+    cross-entropy (with ``loss``); with ``grad``, Lemma 1's ``dL/dV[b, t_l] += a_l g_j 1[pre > 0]`` (into
     ``gV`` or ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l
     rho_L`` with ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (the scores'
     gradient, Lemma 1). Sums over ``j`` run elementwise or through ``_sum``, over ``n`` and
@@ -447,7 +479,11 @@ def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V:
             zi[j] += max(pre[k, j], zero)
     for j in range(vocab_size):
         zi[j] *= lam
-    mx = float(zi.max())
+    pred[b, i] = _argmax(zi)
+    if not loss:
+        ce[b, i] = np.nan
+        return
+    mx = float(zi[pred[b, i]])
     for j in range(vocab_size):
         g[j] = _exp(zi[j] - mx)
     se = _sum(g)

@@ -237,6 +237,7 @@ class _Out:
     ce: torch.Tensor
     S: torch.Tensor
     logits: torch.Tensor
+    pred: torch.Tensor                  # (B, n) argmax of the logits
     grads: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor] = field(default_factory=dict)   # gradients given on these rows only
     work: fast.Pass | None = None       # the exact path's buffers, for the next step to reuse
@@ -252,11 +253,11 @@ def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool
 
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
           grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None,
-          reuse: _Out | None = None) -> _Out:
+          reuse: _Out | None = None, loss: bool = True) -> _Out:
     """Loss and gradients of one full batch: exact sparse path (the simplified model, and
     uniform attention + MLP, whose fixed attention ``S`` the caller passes) or autograd. The
     exact path reuses the buffers of ``reuse``, the previous step's output on the same batch
-    (``fast.run``).
+    (``fast.run``), and with ``loss=False`` computes only the logits and their argmax.
 
     Autograd runs on one torch thread (the caller's setting is restored): torch splits
     its reductions by thread count, so a different count would round differently."""
@@ -264,9 +265,9 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
         if model.arch == "uniform_mlp":          # no W: a fixed, uniform attention
             S, grad_W = fast.uniform_attention(batch) if S is None else S, False
         o = fast.run(params.get("W"), params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S,
-                     reuse=None if reuse is None else reuse.work)
+                     reuse=None if reuse is None else reuse.work, loss=loss)
         grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
-        return _Out(o.loss, o.ce, o.S, o.logits, grads, {"V": o.rows} if grad else {}, o)
+        return _Out(o.loss, o.ce, o.S, o.logits, o.pred, grads, {"V": o.rows} if grad else {}, o)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -280,7 +281,7 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
         grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}
     finally:
         torch.set_num_threads(threads)
-    return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), grads)
+    return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), logits.detach().argmax(-1), grads)
 
 
 def _fixed_attention(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
@@ -322,20 +323,21 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     train = fast.Batch.build([d.qa_train for d in runs], v.size, rho, model.dtype)
     test = fast.Batch.build([_cat(d.qa_unseen_freq, d.qa_rare) for d in runs], v.size, rho, model.dtype)
     n_freq = torch.tensor([len(d.qa_unseen_freq) for d in runs])
-    is_freq = torch.arange(test.shape[1])[None, :] < n_freq[:, None]
-    is_rare = (test.kind >= 0) & ~is_freq
+    is_freq = (torch.arange(test.shape[1])[None, :] < n_freq[:, None]).numpy()
+    is_rare = (test.kind >= 0).numpy() & ~is_freq
+    answer = test.y_idx[:, 0].view(B, -1).numpy()
     S_train = _fixed_attention(model, params, train, cfg.train_W)
     S_test = _fixed_attention(model, params, test, cfg.train_W)
     loss, acc_f, acc_r, preds = [], [], [], []
     sv0, align = np.full((B, 1), np.nan), np.full(B, np.nan)
     ev = out = None
     for t in range(cfg.steps + 1):
-        ev = _step(model, params, test, grad=False, S=S_test, reuse=ev)
-        pred = ev.logits.argmax(-1)
-        hit = pred == test.y_idx[:, 0].view(B, -1)
+        ev = _step(model, params, test, grad=False, S=S_test, reuse=ev, loss=False)
+        pred = ev.pred.numpy()
+        hit = pred == answer
         acc_f.append(_mean(hit, is_freq))
         acc_r.append(_mean(hit, is_rare))
-        preds.append(pred.numpy())
+        preds.append(pred.copy())
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
         if t == 0:
             start = out.loss
@@ -353,10 +355,11 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
                              n_freq.numpy(), len(runs[0].qa_rare))
 
 
-def _mean(hit: torch.Tensor, sel: torch.Tensor) -> np.ndarray:
-    """Accuracy over the selected rows of each run; NaN for a run with none."""
+def _mean(hit: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Accuracy over the selected rows of each run, in float32; NaN for a run with none."""
     n = sel.sum(1)
-    return torch.where(n > 0, (hit & sel).sum(1) / n.clamp_min(1), float("nan")).numpy()
+    acc = (hit & sel).sum(1).astype(np.float32) / np.maximum(n, 1).astype(np.float32)
+    return np.where(n > 0, acc, np.float32(np.nan))
 
 
 def _cat(a: Samples, b: Samples) -> Samples:

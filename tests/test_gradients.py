@@ -205,3 +205,28 @@ def test_fast_matches_lemma1_property(N_f: int, N_r: int, R: int, K: int, contex
     assert abs(float(out.loss[0]) - loss) < 1e-9 * max(1.0, loss)
     np.testing.assert_allclose(out.gW[0].numpy(), gW, rtol=0, atol=TOL)
     np.testing.assert_allclose(out.gV[0].numpy(), gV, rtol=0, atol=TOL)
+
+
+def test_argmax_and_logits_only() -> None:
+    """``Pass.pred`` is ``torch.argmax`` of the logits (the first of equal largest: columns 3 and
+    5 of ``V`` are made equal and the largest); ``loss=False`` gives the same logits and argmax
+    without the softmax (NaN loss) and refuses ``grad``."""
+    model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float32)
+    data = make_data(SMALL)
+    v = data.vocab
+    p = _params(model, v.size, 1, seed=6)
+    p["V"][..., 3] = p["V"][..., 5] = 1.0
+    batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float32)
+    full = fast.run(p["W"], p["V"], batch, model.lam, grad=False)
+    top = full.logits.amax(-1, keepdim=True)
+    assert bool(((full.logits == top).sum(-1) == 2).all())             # a tie in every row
+    assert torch.equal(full.pred, full.logits.argmax(-1)) and bool((full.pred == 3).all())
+    only = fast.run(p["W"], p["V"], batch, model.lam, grad=False, loss=False)
+    assert torch.equal(only.logits, full.logits) and torch.equal(only.pred, full.pred)
+    assert bool(only.loss.isnan().all()) and bool(only.ce.isnan().all())
+    with pytest.raises(ValueError, match="grad=True needs loss=True"):
+        fast.run(p["W"], p["V"], batch, model.lam, loss=False)
+    x = np.array([0.0, 3.0, 1.0, 3.0, 2.0, 0.5, 3.0, 1.0, 2.0, 3.0], np.float32)
+    assert fast._argmax(x) == 1 and fast._argmax(x[::-1].copy()) == 0
+    x[7] = np.nan
+    assert fast._argmax(x) in (1, 7)                                    # diverged: a NaN or the largest
