@@ -2,6 +2,7 @@
 the fine-tuning gradient's spectrum (Prop. 3) and its best rank-1 approximation (App. H)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,8 +33,14 @@ def loss_by_kind(ce: torch.Tensor, batch: Batch) -> np.ndarray:
 
 def token_kinds(v: Vocab) -> torch.Tensor:
     """Code of each token: 0 = c, 1 = s, 2 = r, 3 = a or q."""
+    return torch.tensor(_token_kinds(v))
+
+
+@functools.lru_cache(maxsize=64)
+def _token_kinds(v: Vocab) -> tuple[int, ...]:
+    """``token_kinds`` as a tuple, once per vocabulary (pre-training logs it every few steps)."""
     codes = {"c": 0, "s": 1, "r": 2, "a": 3, "q": 3}
-    return torch.tensor([codes[v.kind_of(t)] for t in range(v.size)])
+    return tuple(codes[v.kind_of(t)] for t in range(v.size))
 
 
 def attention_mass(S: torch.Tensor, batch: Batch, v: Vocab) -> np.ndarray:
@@ -59,8 +66,8 @@ def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
     each ``sum_n V[b, x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
     out = np.zeros((len(runs), len(FEATURES)))
 
-    def mean(Vb: torch.Tensor, x: list[int], y: list[int]) -> float:
-        cols = Vb[torch.tensor(x), :, torch.tensor(y)].double().numpy()       # (pairs, m)
+    def mean(Vb: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+        cols = Vb[torch.from_numpy(x), :, torch.from_numpy(y)].double().numpy()       # (pairs, m)
         F = cols[:, 0].copy()
         for n in range(1, cols.shape[1]):
             F += cols[:, n]
@@ -68,12 +75,14 @@ def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
 
     for b, d in enumerate(runs):
         v = d.vocab
-        facts = range(d.cfg.N)
-        pairs = [(i, int(k)) for i in facts for k in d.phrases[i]]
-        out[b, 0] = mean(V[b], [v.s(i) for i in facts], [v.a(i) for i in facts])
-        out[b, 1] = mean(V[b], [v.r(k) for _, k in pairs], [v.a(i) for i, _ in pairs])
-        out[b, 2] = mean(V[b], [v.s(i) for i, _ in pairs], [v.r(k) for _, k in pairs])
-        out[b, 3] = mean(V[b], [v.c] * d.cfg.R, [v.r(k) for k in range(d.cfg.R)]) if v.context else np.nan
+        facts = np.arange(d.cfg.N)
+        pair_i = np.repeat(facts, [len(ks) for ks in d.phrases])          # the pairs (i, k), fact by fact
+        pair_k = np.concatenate(d.phrases).astype(np.int64)
+        out[b, 0] = mean(V[b], v.s(facts), v.a(facts))
+        out[b, 1] = mean(V[b], v.r(pair_k), v.a(pair_i))
+        out[b, 2] = mean(V[b], v.s(pair_i), v.r(pair_k))
+        relations = np.arange(d.cfg.R)
+        out[b, 3] = mean(V[b], np.full(d.cfg.R, v.c), v.r(relations)) if v.context else np.nan
     return out
 
 
