@@ -106,9 +106,7 @@ def step_work(data, model: ModelConfig, params: dict[str, torch.Tensor]) -> tupl
     ``params`` (see (a)), and the fraction of tokens it leaves out (``fast.NEGLIGIBLE``)."""
     s, vocab_size, m = data.pretrain, data.vocab.size, model.m
     batch = fast.Batch.build(s, vocab_size, data.vocab.rho, model.dtype)
-    a = fast.attention(params["W"], batch) * batch.rho_tokens
-    used = (a > 0) & (a >= fast.NEGLIGIBLE * a.amax(-1, keepdim=True))
-    tokens = float(used.sum())
+    tokens = float(fast.used_tokens(fast.attention(params["W"], batch), batch).sum())
     rows = len(torch.unique(s.tokens[s.mask]))
     size = torch.finfo(model.dtype).bits // 8
     return 3 * tokens * m * vocab_size, 5 * rows * m * vocab_size * size, 1 - tokens / float(s.mask.sum())

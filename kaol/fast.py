@@ -233,6 +233,13 @@ def uniform_attention(batch: Batch) -> torch.Tensor:
     return (batch.mask / batch.mask.sum(-1, keepdim=True)).to(batch.rho_tokens.dtype)
 
 
+def used_tokens(S: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The tokens of every row (B, n, L) that ``run`` computes with: weight ``a_l = S_l rho_l``
+    positive and at least ``NEGLIGIBLE`` times the largest of its row."""
+    a = S * batch.rho_tokens
+    return (a > 0) & (a >= NEGLIGIBLE * a.amax(-1, keepdim=True))
+
+
 def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
         grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None, loss: bool = True) -> Pass:
     """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, vocab_size, vocab_size) and of
@@ -302,7 +309,7 @@ def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | N
 
 
 NEGLIGIBLE = 2.0 ** -100
-"""``_row`` leaves out a token whose weight ``a_l = S_l rho_l`` is below ``NEGLIGIBLE`` times the
+"""``_row`` (and ``used_tokens``) leaves out a token whose weight ``a_l = S_l rho_l`` is below ``NEGLIGIBLE`` times the
 largest weight of its row. Trained attention gives some tokens weights near ``1e-40``: their
 products with ``V`` are subnormal floats, which x86 CPUs compute in microcode, about 100 times
 slower than normal ones (they took half of a book pre-training step). What such a token would
@@ -425,8 +432,8 @@ def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarra
 @njit(cache=True, boundscheck=False, parallel=True)
 def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
           w: np.ndarray, lam: float, loss: bool, grad: bool, order: np.ndarray, bounds: np.ndarray,
-          dest: np.ndarray, z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray
-          ) -> None:  # pragma: no cover
+          dest: np.ndarray, z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray,
+          dscore: np.ndarray) -> None:  # pragma: no cover
     """The parallel loop behind ``run``, one task per chunk of rows of a run (``Batch``); per row
     see ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its
     own partial rows in ``part`` (shared rows), both zeroed by the caller."""
@@ -446,9 +453,8 @@ def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_
 @njit(cache=True, boundscheck=False)
 def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
          y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, dest: np.ndarray, z: np.ndarray,
-         pred: np.ndarray,
-         ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray, buf: np.ndarray,
-         g: np.ndarray, a: np.ndarray) -> None:  # pragma: no cover
+         pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray,
+         buf: np.ndarray, g: np.ndarray, a: np.ndarray) -> None:  # pragma: no cover
     """Row ``i`` of run ``b``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] =
     sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the
     cross-entropy (with ``loss``); with ``grad``, Lemma 1's ``dL/dV[b, t_l] += a_l g_j 1[pre > 0]`` (into

@@ -337,7 +337,7 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
         hit = pred == answer
         acc_f.append(_mean(hit, is_freq))
         acc_r.append(_mean(hit, is_rare))
-        preds.append(pred.copy())
+        preds.append(pred)                   # a new array at every step
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
         if t == 0:
             start = out.loss
