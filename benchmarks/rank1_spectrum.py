@@ -53,20 +53,20 @@ def main() -> None:
     params, _ = pretrain(data, scale.model, scale.schedule)
     print(f"pre-training: {time.perf_counter() - start:.0f} s")
     v = data.vocab
-    batch = fast.Batch.build([data.qa_train], v.size, v.rho, scale.model.dtype)
+    batch = fast.Batch.build(data.qa_train, v.size, v.rho, scale.model.dtype)
     ft = replace(scale.ft, rank1=True, steps=100)
     print("step  lambda_2/lambda_1  rank1: ms, error  power iteration: steps, error")
     for step in range(0, 1001, 100):
         if step:
             params, _ = finetune(params, data, scale.model, ft)
-        S = fast.attention(params["W"], batch)
-        gV = fast.run(params["W"], params["V"], batch, scale.model.lam, grad_W=False, S=S).gV_rows
-        M = gV.reshape(1, gV.shape[1], -1)
+        S = fast.attention(params["W"][0], batch)
+        gV = fast.run(params["W"][0], params["V"][0], batch, scale.model.lam, grad_W=False, S=S).gV_rows
+        M = gV.reshape(gV.shape[0], -1)
         metrics.rank1(M)                                        # compiled, warm
         t = time.perf_counter()
-        got = metrics.rank1(M)[0].double().numpy()
+        got = metrics.rank1(M).double().numpy()
         ms = 1e3 * (time.perf_counter() - t)
-        Mr = M[0].double().numpy()
+        Mr = M.double().numpy()
         U, s, Vt = np.linalg.svd(Mr, full_matrices=False)
         best = s[0] * np.outer(U[:, 0], Vt[0])
         scale_ = np.abs(best).max()

@@ -4,8 +4,8 @@ Orthogonal embeddings make the attention output ``h = X S`` a combination of the
 2-4 tokens of the input, ``h = sum_l a_l e_{t_l}`` with ``a_l = S_l rho_{t_l}``, so the
 pre-activations of every neuron are ``sum_l a_l V[t_l]``: each input reads only the
 2-4 rows of ``V`` (one per token, ``m x vocab_size`` values each) that its tokens select. A
-compiled loop (``numba``) goes over the inputs of every run, in parallel chunks of
-inputs (``Batch``); per input it forms the
+compiled loop (``numba``) goes over the inputs of one run, in parallel chunks of
+inputs (``Batch``); many runs are many calls, in turn or in separate processes. Per input it forms the
 ``m x vocab_size`` pre-activations in a small buffer, the logits, the loss and, from the same
 buffer, the gradients of the rows of ``V`` it read, so nothing of size
 ``inputs x m x vocab_size`` is ever stored. The attention, its gradient and the update are
@@ -49,179 +49,143 @@ if sys.platform.startswith("linux"):
 
 @dataclass
 class Batch:
-    """The inputs of ``B`` runs, padded to a common ``n`` rows.
+    """The inputs of one run: the full batch of its gradient descent (Sec. 4).
 
-    ``w`` holds each row's weight divided by its run's total weight, so the loss of
-    run ``b`` is ``sum_i w[b, i] CE_i`` (the weighted mean of App. J).
+    ``w`` holds each row's weight divided by the total weight, so the loss is
+    ``sum_i w[i] CE_i`` (the weighted mean of App. J).
 
-    The compiled pass splits each run's rows into ``CHUNKS`` chunks that run in parallel:
-    rows are ordered by their rarest token (``order``), so rows sharing a subject sit in
-    one chunk and read the same rows of ``V`` while they are in cache. A token whose
-    rows all fall in one chunk has its ``dL/dV`` row accumulated there directly
-    (``dest[b, c, t] = slot[t]``); a token read by several chunks (the context, the
-    relations) gets one partial row per chunk (``dest = -1 - p``), added up afterwards
-    in chunk order (``sums[b, k]``: the slot of shared row ``k`` and its partials, -1
-    where a chunk does not read it). The chunking depends on the data only, never on
-    the thread count, so the sums are the same whatever the number of threads.
+    The compiled pass splits the rows into ``CHUNKS`` chunks that run in parallel: rows
+    are ordered by their rarest token (``order``), so rows sharing a subject sit in one
+    chunk and read the same rows of ``V`` while they are in cache. A token whose rows all
+    fall in one chunk has its ``dL/dV`` row accumulated there directly
+    (``dest[c, t] = slot[t]``); a token read by several chunks (the context, the
+    relations) gets one partial row per chunk (``dest = -1 - p``), added up afterwards in
+    chunk order (``sums[k]``: the slot of shared row ``k`` and its partials, -1 where a
+    chunk does not read it). The chunking depends on the data only, never on the thread
+    count, so the sums are the same whatever the number of threads.
     """
 
-    tokens: torch.Tensor   # (B, n, L)
-    mask: torch.Tensor     # (B, n, L)
-    rho_tokens: torch.Tensor  # (B, n, L) rho of each of ``tokens``, 0 on padding
-    rho: torch.Tensor      # (B, vocab_size) embedding norms of each run
-    y_idx: torch.Tensor    # (B*n, k)
-    y_prob: torch.Tensor   # (B*n, k)
-    w: torch.Tensor        # (B, n)
-    kind: torch.Tensor     # (B, n), -1 on padding rows
-    fact: torch.Tensor     # (B, n)
+    tokens: torch.Tensor   # (n, L)
+    mask: torch.Tensor     # (n, L)
+    rho_tokens: torch.Tensor  # (n, L) rho of each of ``tokens``, 0 where ``mask`` is False
+    rho: torch.Tensor      # (vocab_size,) embedding norms
+    y_idx: torch.Tensor    # (n, k)
+    y_prob: torch.Tensor   # (n, k)
+    w: torch.Tensor        # (n,)
+    kind: torch.Tensor     # (n,)
+    fact: torch.Tensor     # (n,)
     vocab_size: int
     rows: torch.Tensor     # (U,) the tokens that occur in some input: the rows of V with a gradient
     slot: torch.Tensor     # (vocab_size,) position of each token in ``rows``, -1 for the others
-    order: np.ndarray      # (B, n) rows of each run by rarest token
-    bounds: np.ndarray     # (B, CHUNKS + 1) chunk c of run b holds order[b, bounds[b, c]:bounds[b, c + 1]]
-    dest: np.ndarray       # (B, CHUNKS, vocab_size) where chunk c accumulates dL/dV[b, t]
-    sums: np.ndarray       # (B, shared, 1 + CHUNKS) gV slot of each shared row, then its partials
-    n_part: int            # partial rows per run
+    order: np.ndarray      # (n,) rows by rarest token
+    bounds: np.ndarray     # (CHUNKS + 1,) chunk c holds order[bounds[c]:bounds[c + 1]]
+    dest: np.ndarray       # (CHUNKS, vocab_size) where chunk c accumulates dL/dV[t]
+    sums: np.ndarray       # (shared, 1 + CHUNKS) gV slot of each shared row, then its partials
+    n_part: int            # partial rows
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, int]:
         return tuple(self.tokens.shape)  # type: ignore[return-value]
 
     @staticmethod
-    def build(samples: Samples | list[Samples], vocab_size: int, rho: torch.Tensor | list[torch.Tensor],
-              dtype: torch.dtype, B: int | None = None) -> "Batch":
-        """Stack one ``Samples`` per run (or one shared by ``B`` runs) into a ``Batch``;
-        ``rho`` holds the embedding norms, shared or one tensor per run."""
-        runs = samples if isinstance(samples, list) else [samples] * (B or 1)
-        rhos = rho if isinstance(rho, list) else [rho] * len(runs)
-        _check_inputs(runs, rhos, vocab_size)
-        B, n, L = len(runs), max(len(s) for s in runs), max(s.tokens.shape[1] for s in runs)
-        k = max(s.y_idx.shape[1] for s in runs)
-        tokens = torch.zeros(B, n, L, dtype=torch.long)
-        mask = torch.zeros(B, n, L, dtype=torch.bool)
-        mask[:, :, -1] = True                      # padding rows: one dummy token, weight 0
-        y_idx = torch.zeros(B, n, k, dtype=torch.long)
-        y_prob = torch.zeros(B, n, k, dtype=dtype)
-        w = torch.zeros(B, n, dtype=dtype)
-        kind = torch.full((B, n), -1, dtype=torch.long)
-        fact = torch.full((B, n), -1, dtype=torch.long)
-        for b, s in enumerate(runs):
-            m, kk, ll = len(s), s.y_idx.shape[1], s.tokens.shape[1]
-            tokens[b, :m, L - ll:], mask[b, :m, L - ll:] = s.tokens, s.mask
-            mask[b, :m, :L - ll] = False
-            kind[b, :m], fact[b, :m] = s.kind, s.fact
-            y_idx[b, :m, :kk], y_prob[b, :m, :kk] = s.y_idx, s.y_prob.to(dtype)
-            w[b, :m] = (s.weight / math.fsum(s.weight.tolist())).to(dtype)   # fsum: exactly rounded
-        rho_b = torch.stack(rhos).to(dtype)
-        rho_tokens = rho_b.gather(1, tokens.view(B, -1)).view(B, n, L) * mask
-        rows = torch.unique(tokens[mask])
+    def build(samples: Samples, vocab_size: int, rho: torch.Tensor, dtype: torch.dtype) -> "Batch":
+        """The ``Batch`` of ``samples`` over a vocabulary of ``vocab_size`` tokens with norms ``rho``."""
+        _check_inputs(samples, rho, vocab_size)
+        s = samples
+        w = (s.weight / math.fsum(s.weight.tolist())).to(dtype) if len(s) else s.weight.to(dtype)  # fsum: exactly rounded
+        rho = rho.to(dtype)
+        rho_tokens = rho[s.tokens] * s.mask
+        rows = torch.unique(s.tokens[s.mask])
         slot = torch.full((vocab_size,), -1, dtype=torch.long)
         slot[rows] = torch.arange(len(rows))
-        return Batch(tokens, mask, rho_tokens, rho_b, y_idx.view(B * n, k), y_prob.view(B * n, k), w, kind, fact,
-                     vocab_size, rows, slot,
-                     *_chunks(tokens.numpy(), mask.numpy(), [len(s) for s in runs], slot.numpy(), vocab_size))
+        return Batch(s.tokens, s.mask, rho_tokens, rho, s.y_idx, s.y_prob.to(dtype), w, s.kind, s.fact,
+                     vocab_size, rows, slot, *_chunks(s.tokens.numpy(), s.mask.numpy(), slot.numpy(), vocab_size))
 
 
 CHUNKS = 4
-"""Chunks of rows per run that the compiled pass runs in parallel (fixed: results do not
-depend on the thread count)."""
+"""Chunks of rows that the compiled pass runs in parallel (fixed: results do not depend on
+the thread count)."""
 
 
-def _chunks(tokens: np.ndarray, mask: np.ndarray, sizes: list[int], slot: np.ndarray, vocab_size: int
+def _chunks(tokens: np.ndarray, mask: np.ndarray, slot: np.ndarray, vocab_size: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """``order``, ``bounds``, ``dest``, ``sums`` and ``n_part`` of ``Batch`` (see there). Run
-    ``b`` has ``sizes[b]`` rows, then padding (which the last chunk computes, with no
-    gradient), so its chunks are those it has when trained alone."""
-    B, n, L = tokens.shape
-    bounds = np.array([[size * c // CHUNKS for c in range(CHUNKS)] + [n] for size in sizes])
-    order = np.tile(np.arange(n), (B, 1))
-    dest = np.zeros((B, CHUNKS, vocab_size), dtype=np.int64)
-    runs = []
-    for b in range(B):
-        size = sizes[b]
-        count = np.bincount(tokens[b, :size][mask[b, :size]], minlength=vocab_size)
-        key = np.where(mask[b, :size], count[tokens[b, :size]] * vocab_size + tokens[b, :size],
-                       count.max() * vocab_size + vocab_size).min(1)
-        order[b, :size] = np.argsort(key, kind="stable")
-        used = np.zeros((CHUNKS, vocab_size), dtype=bool)
-        for c in range(CHUNKS):
-            rows = order[b, bounds[b, c]:min(bounds[b, c + 1], size)]
-            used[c, tokens[b, rows][mask[b, rows]]] = True
-        dest[b] = slot[None, :]
-        shared = []
-        for t in np.nonzero(used.sum(0) > 1)[0]:
-            parts = [-1] * CHUNKS
-            for c in np.nonzero(used[:, t])[0]:
-                parts[c] = len(shared) * CHUNKS + c
-                dest[b, c, t] = -1 - parts[c]
-            shared.append([slot[t]] + parts)
-        runs.append(shared)
-    k = max(len(x) for x in runs)
-    sums = np.full((B, k, 1 + CHUNKS), -1, dtype=np.int64)
-    for b, shared in enumerate(runs):
-        if shared:
-            sums[b, :len(shared)] = shared
-    return order, bounds, dest, sums, k * CHUNKS
+    """``order``, ``bounds``, ``dest``, ``sums`` and ``n_part`` of ``Batch`` (see there)."""
+    n = len(tokens)
+    bounds = np.array([n * c // CHUNKS for c in range(CHUNKS + 1)])
+    count = np.bincount(tokens[mask], minlength=vocab_size)
+    key = np.where(mask, count[tokens] * vocab_size + tokens, count.max() * vocab_size + vocab_size).min(1)
+    order = np.argsort(key, kind="stable")
+    used = np.zeros((CHUNKS, vocab_size), dtype=bool)
+    for c in range(CHUNKS):
+        rows = order[bounds[c]:bounds[c + 1]]
+        used[c, tokens[rows][mask[rows]]] = True
+    dest = np.repeat(slot[None, :], CHUNKS, 0)
+    shared = []
+    for t in np.nonzero(used.sum(0) > 1)[0]:
+        parts = [-1] * CHUNKS
+        for c in np.nonzero(used[:, t])[0]:
+            parts[c] = len(shared) * CHUNKS + c
+            dest[c, t] = -1 - parts[c]
+        shared.append([slot[t]] + parts)
+    sums = np.array(shared, dtype=np.int64).reshape(-1, 1 + CHUNKS)
+    return order, bounds, dest, sums, len(shared) * CHUNKS
 
 
-def _check_inputs(runs: list[Samples], rhos: list[torch.Tensor], vocab_size: int) -> None:
+def _check_inputs(s: Samples, rho: torch.Tensor, vocab_size: int) -> None:
     """The compiled loop reads ``V`` at token and target ids without bounds checks: check them once
     here (ids in ``[0, vocab_size)``, finite positive norms), so a bad input is an error, not a crash."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise TypeError(f"vocab_size = {vocab_size!r} must be an int >= 1 (the vocabulary size)")
-    if not runs:
-        raise ValueError("samples = []: pass at least one Samples")
-    if len(rhos) != len(runs):
-        raise ValueError(f"rho holds {len(rhos)} tensors for {len(runs)} runs: pass one per run (or one shared)")
-    for b, (s, rho) in enumerate(zip(runs, rhos)):
-        if tuple(rho.shape) != (vocab_size,):
-            raise ValueError(f"rho[{b}] has shape {tuple(rho.shape)}, not ({vocab_size},): one norm per token")
-        if not bool(torch.isfinite(rho).all()) or not bool((rho > 0).all()):
-            raise ValueError(f"rho[{b}] must hold finite norms > 0, got min {float(rho.min()):g}, "
-                             f"max {float(rho.max()):g}")
-        if len(s) == 0:
-            continue
-        for name, ids in (("token ids", s.tokens[s.mask]), ("target ids", s.y_idx)):
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-                raise ValueError(f"run {b}: {name} must lie in [0, {vocab_size}), "
-                                 f"got [{int(ids.min())}, {int(ids.max())}]")
-        if not bool(torch.isfinite(s.y_prob).all()) or not bool(torch.isfinite(s.weight).all()) \
-                or float(s.weight.sum()) <= 0:
-            raise ValueError(f"run {b}: target probabilities and weights must be finite, with a positive total weight")
+    if not isinstance(s, Samples):
+        raise TypeError(f"samples must be one run's Samples (e.g. data.pretrain), not {type(s).__name__}")
+    if not isinstance(rho, torch.Tensor) or tuple(rho.shape) != (vocab_size,):
+        raise ValueError(f"rho has shape {tuple(getattr(rho, 'shape', ()))}, not ({vocab_size},): one norm per token")
+    if not bool(torch.isfinite(rho).all()) or not bool((rho > 0).all()):
+        raise ValueError(f"rho must hold finite norms > 0, got min {float(rho.min()):g}, max {float(rho.max()):g}")
+    if len(s) == 0:
+        return
+    for name, ids in (("token ids", s.tokens[s.mask]), ("target ids", s.y_idx)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            raise ValueError(f"{name} must lie in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+    if not bool(s.mask[:, -1].all()):
+        raise ValueError("every input needs its last token x_L (samples are right-aligned: mask[:, -1] all True)")
+    if not bool(torch.isfinite(s.y_prob).all()) or not bool(torch.isfinite(s.weight).all()) \
+            or float(s.weight.sum()) <= 0:
+        raise ValueError("target probabilities and weights must be finite, with a positive total weight")
 
 
 @dataclass
 class Pass:
     """One forward (and optionally backward) pass over a ``Batch``."""
 
-    loss: torch.Tensor          # (B,) weighted mean cross-entropy of each run
-    ce: torch.Tensor            # (B, n) cross-entropy of each row
-    S: torch.Tensor             # (B, n, L) attention of the last token
-    logits: torch.Tensor        # (B, n, vocab_size)
-    pred: torch.Tensor          # (B, n) argmax of each row's logits (the first of equal largest)
+    loss: torch.Tensor          # () weighted mean cross-entropy
+    ce: torch.Tensor            # (n,) cross-entropy of each row
+    S: torch.Tensor             # (n, L) attention of the last token
+    logits: torch.Tensor        # (n, vocab_size)
+    pred: torch.Tensor          # (n,) argmax of each row's logits (the first of equal largest)
     gW: torch.Tensor | None = None
-    gV_rows: torch.Tensor | None = None   # (B, U, m, vocab_size): dL/dV[:, rows], the only rows that are not 0
+    gV_rows: torch.Tensor | None = None   # (U, m, vocab_size): dL/dV[rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
     part: torch.Tensor | None = None      # work space: the chunks' partial dL/dV rows
     dscore: torch.Tensor | None = None    # work space: dL/d(score) of every row
 
     @property
     def gV(self) -> torch.Tensor | None:
-        """The whole ``dL/dV`` (B, vocab_size, m, vocab_size), zero outside ``rows``."""
+        """The whole ``dL/dV`` (vocab_size, m, vocab_size), zero outside ``rows``."""
         return None if self.gV_rows is None else whole(self.gV_rows, self.rows)
 
 
 def whole(g_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """A V gradient (B, U, m, vocab_size) given on the rows ``rows`` at its full size
-    (B, vocab_size, m, vocab_size)."""
-    B, _, m, vocab_size = g_rows.shape
-    full = g_rows.new_zeros(B, vocab_size, m, vocab_size)
-    full[:, rows] = g_rows
+    """A V gradient (U, m, vocab_size) given on the rows ``rows`` at its full size
+    (vocab_size, m, vocab_size)."""
+    _, m, vocab_size = g_rows.shape
+    full = g_rows.new_zeros(vocab_size, m, vocab_size)
+    full[rows] = g_rows
     return full
 
 
 def attention(W: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """``S = softmax(X^T W x_L)`` for every row (Sec. 2)."""
+    """``S = softmax(X^T W x_L)`` for every row (Sec. 2), (n, L)."""
     S = torch.empty(batch.rho_tokens.shape, dtype=W.dtype)
     _attention(batch.tokens.numpy(), batch.rho_tokens.numpy(), W.detach().contiguous().numpy(), S.numpy())
     return S
@@ -234,7 +198,7 @@ def uniform_attention(batch: Batch) -> torch.Tensor:
 
 
 def used_tokens(S: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The tokens of every row (B, n, L) that ``run`` computes with: weight ``a_l = S_l rho_l``
+    """The tokens of every row (n, L) that ``run`` computes with: weight ``a_l = S_l rho_l``
     positive and at least ``NEGLIGIBLE`` times the largest of its row."""
     a = S * batch.rho_tokens
     return (a > 0) & (a >= NEGLIGIBLE * a.amax(-1, keepdim=True))
@@ -242,48 +206,49 @@ def used_tokens(S: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
         grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None, loss: bool = True) -> Pass:
-    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (B, vocab_size, vocab_size) and of
-    the rows of ``V`` (B, vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
-    ``Pass.gV`` is the whole of it).
+    """Loss, logits and (if ``grad``) the exact gradients of ``W`` (vocab_size, vocab_size) and of
+    the rows of ``V`` (vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
+    ``Pass.gV`` is the whole of it), for one run.
 
     ``S`` may be passed when ``W`` is fixed (fine-tuning) to skip the attention; a model without
     ``W`` (uniform attention, ``uniform_attention``) passes ``W=None``, its ``S`` and
     ``grad_W=False``. ``loss=False`` (with ``grad=False``) computes the logits and their argmax only,
     without the softmax (``Pass.loss`` and ``Pass.ce`` are then NaN): fine-tuning's evaluation
-    needs no more. ``reuse``, the
-    ``Pass`` of an earlier call on the same batch, lends its logits, cross-entropies and
-    gradients as work space: they are overwritten (the training loops pass the previous
-    step's, which saves the page faults of fresh buffers of several MB at every step).
+    needs no more. ``reuse``, the ``Pass`` of an earlier call on the same batch, lends its
+    logits, cross-entropies and gradients as work space: they are overwritten (the training
+    loops pass the previous step's, which saves the page faults of fresh buffers of several MB
+    at every step).
     """
-    B, vocab_size, m, _ = V.shape
-    n, L = batch.shape[1:]
+    if V.dim() != 3 or (W is not None and W.dim() != 2):
+        raise ValueError(f"parameters W {tuple(W.shape) if W is not None else None} and V {tuple(V.shape)} are not "
+                         "one run's (vocab_size, vocab_size) and (vocab_size, m, vocab_size): index run b of "
+                         "stacked parameters with params[name][b]")
+    vocab_size, m, _ = V.shape
+    n, L = batch.shape
     if grad and not loss:
         raise ValueError("grad=True needs loss=True: the gradients come from the softmax")
     if W is None and (S is None or (grad and grad_W)):
         raise ValueError("W = None (a model without W) needs its attention S and grad_W=False")
-    W_shape = (B, vocab_size, vocab_size) if W is None else tuple(W.shape)
-    if (B, vocab_size) != (batch.shape[0], batch.vocab_size) or W_shape != (B, vocab_size, vocab_size) \
-            or V.shape[3] != vocab_size:
-        raise ValueError(f"parameters W {W_shape} and V {tuple(V.shape)} do not fit a batch of "
-                         f"{batch.shape[0]} runs over a vocabulary of {batch.vocab_size} tokens")
+    W_shape = (vocab_size, vocab_size) if W is None else tuple(W.shape)
+    if vocab_size != batch.vocab_size or W_shape != (vocab_size, vocab_size) or V.shape[2] != vocab_size:
+        raise ValueError(f"parameters W {W_shape} and V {tuple(V.shape)} are not one run's (vocab_size, vocab_size) "
+                         f"and (vocab_size, m, vocab_size) over the batch's vocabulary of {batch.vocab_size} tokens")
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
     S = attention(W, batch) if S is None else S
-    total = torch.empty(B, dtype=V.dtype)
-    z, ce = _buffer(reuse, "logits", (B, n, vocab_size), V.dtype), _buffer(reuse, "ce", (B, n), V.dtype)
-    gV = _buffer(reuse, "gV_rows", (B, len(batch.rows) if grad else 0, m, vocab_size), V.dtype).zero_()
-    gW = _buffer(reuse, "gW", (B, vocab_size, vocab_size if grad and grad_W else 0), V.dtype).zero_()
-    part = _buffer(reuse, "part", (B, batch.n_part if grad else 0, m, vocab_size), V.dtype).zero_()
-    dscore = _buffer(reuse, "dscore", (B, n, L), V.dtype).zero_()
-    pred = torch.empty(B, n, dtype=torch.long)
+    z, ce = _buffer(reuse, "logits", (n, vocab_size), V.dtype), _buffer(reuse, "ce", (n,), V.dtype)
+    gV = _buffer(reuse, "gV_rows", (len(batch.rows) if grad else 0, m, vocab_size), V.dtype).zero_()
+    gW = _buffer(reuse, "gW", (vocab_size, vocab_size if grad and grad_W else 0), V.dtype).zero_()
+    part = _buffer(reuse, "part", (batch.n_part if grad else 0, m, vocab_size), V.dtype).zero_()
+    dscore = _buffer(reuse, "dscore", (n, L), V.dtype).zero_()
+    pred = torch.empty(n, dtype=torch.long)
     _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.rho_tokens.numpy(),
-          V.detach().contiguous().numpy(),
-          batch.y_idx.view(B, n, -1).numpy(), batch.y_prob.view(B, n, -1).numpy(), batch.w.numpy(), lam, loss, grad,
-          batch.order, batch.bounds, batch.dest, z.numpy(), pred.numpy(), ce.numpy(), gV.numpy(), part.numpy(),
+          V.detach().contiguous().numpy(), batch.y_idx.numpy(), batch.y_prob.numpy(), batch.w.numpy(), lam, loss,
+          grad, batch.order, batch.bounds, batch.dest, z.numpy(), pred.numpy(), ce.numpy(), gV.numpy(), part.numpy(),
           dscore.numpy())
-    _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W, batch.sums, part.numpy(),
-            total.numpy(), gV.numpy(), gW.numpy())
-    out = Pass(total, ce, S, z, pred, part=part, dscore=dscore)
+    total = _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W,
+                    batch.sums, part.numpy(), gV.numpy(), gW.numpy())
+    out = Pass(torch.tensor(total, dtype=V.dtype), ce, S, z, pred, part=part, dscore=dscore)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
@@ -301,11 +266,16 @@ def _buffer(reuse: Pass | None, name: str, shape: tuple[int, ...], dtype: torch.
 
 
 def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | None = None) -> None:
-    """The gradient step ``p <- p - eta g`` in place (Sec. 4); with ``rows``, ``G`` (B, U, ...)
-    holds the gradient of the rows ``rows`` of ``P`` (B, vocab_size, ...) and only those change."""
-    B, vocab_size = P.shape[:2]
-    rows = torch.arange(vocab_size) if rows is None else rows
-    _descend(P.view(B, vocab_size, -1).numpy(), G.reshape(B, len(rows), -1).numpy(), rows.numpy(), eta)
+    """The gradient step ``p <- p - eta g`` in place (Sec. 4); with ``rows``, ``G`` (U, ...)
+    holds the gradient of the rows ``rows`` of ``P`` (vocab_size, ...) and only those change."""
+    vocab_size = P.shape[0]
+    r = np.arange(vocab_size) if rows is None else rows.numpy()
+    if tuple(G.shape) != (len(r),) + tuple(P.shape[1:]) or P.dtype != G.dtype or not P.is_contiguous() \
+            or (len(r) and (r.min() < 0 or r.max() >= vocab_size)):
+        raise ValueError(f"descend needs one run's parameter P {tuple(P.shape)} (contiguous) and its gradient on "
+                         f"rows in [0, {vocab_size}) of shape (len(rows),) + P.shape[1:] = "
+                         f"{(len(r),) + tuple(P.shape[1:])} and the same dtype; got G {tuple(G.shape)} {G.dtype}")
+    _descend(P.view(vocab_size, -1).numpy(), G.reshape(len(r), -1).numpy(), r, eta)
 
 
 NEGLIGIBLE = 2.0 ** -100
@@ -315,7 +285,7 @@ products with ``V`` are subnormal floats, which x86 CPUs compute in microcode, a
 slower than normal ones (they took half of a book pre-training step). What such a token would
 add, at most ``2^-100`` of the row's largest term, lies below the last bit of every
 pre-activation and gradient it enters: results are unchanged to the bit (book runs, full and
-rank-1 fine-tuning, batched runs compared)."""
+rank-1 fine-tuning, several runs compared)."""
 
 
 LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdlibm's split of log 2
@@ -408,25 +378,24 @@ def _log(x: float) -> float:  # pragma: no cover
 
 @njit(cache=True, boundscheck=False)
 def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarray) -> None:  # pragma: no cover
-    """``S_l = softmax_l(W[b, t_l, t_L] rho_l rho_L)`` over the real tokens (``rho_tok > 0``) of every
+    """``S_l = softmax_l(W[t_l, t_L] rho_l rho_L)`` over the real tokens (``rho_tok > 0``) of every
     row (Sec. 2), in float64, written into ``S``."""
-    B, n, L = tok.shape
+    n, L = tok.shape
     e = np.empty(L)
-    for b in range(B):
-        for i in range(n):
-            rho_L, tL = rho_tok[b, i, L - 1], tok[b, i, L - 1]
-            mx = -np.inf
-            for l in range(L):
-                if rho_tok[b, i, l] != 0:
-                    e[l] = W[b, tok[b, i, l], tL] * (rho_tok[b, i, l] * rho_L)
-                    mx = max(mx, e[l])
-            se = 0.0
-            for l in range(L):
-                if rho_tok[b, i, l] != 0:
-                    e[l] = _exp(e[l] - mx)
-                    se += e[l]
-            for l in range(L):
-                S[b, i, l] = e[l] / se if rho_tok[b, i, l] != 0 else 0.0
+    for i in range(n):
+        rho_L, tL = rho_tok[i, L - 1], tok[i, L - 1]
+        mx = -np.inf
+        for l in range(L):
+            if rho_tok[i, l] != 0:
+                e[l] = W[tok[i, l], tL] * (rho_tok[i, l] * rho_L)
+                mx = max(mx, e[l])
+        se = 0.0
+        for l in range(L):
+            if rho_tok[i, l] != 0:
+                e[l] = _exp(e[l] - mx)
+                se += e[l]
+        for l in range(L):
+            S[i, l] = e[l] / se if rho_tok[i, l] != 0 else 0.0
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
@@ -434,77 +403,74 @@ def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_
           w: np.ndarray, lam: float, loss: bool, grad: bool, order: np.ndarray, bounds: np.ndarray,
           dest: np.ndarray, z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray,
           dscore: np.ndarray) -> None:  # pragma: no cover
-    """The parallel loop behind ``run``, one task per chunk of rows of a run (``Batch``); per row
-    see ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its
-    own partial rows in ``part`` (shared rows), both zeroed by the caller."""
-    B, C = dest.shape[:2]
-    for task in prange(B * C):
-        b, c = task // C, task % C
-        vocab_size, m, L = V.shape[1], V.shape[2], tok.shape[2]
+    """The parallel loop behind ``run``, one task per chunk of rows (``Batch``); per row see
+    ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its own
+    partial rows in ``part`` (shared rows), both zeroed by the caller."""
+    for c in prange(len(bounds) - 1):
+        vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
         pre = np.empty((m, vocab_size), V.dtype)
         buf = np.empty(vocab_size, V.dtype)
         g = np.empty(vocab_size)
         a = np.empty(L, V.dtype)
-        for ii in range(bounds[b, c], bounds[b, c + 1]):
-            _row(b, order[b, ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[b, c], z, pred, ce,
+        for ii in range(bounds[c], bounds[c + 1]):
+            _row(order[ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[c], z, pred, ce,
                  gV, part, dscore, pre, buf, g, a)
 
 
 @njit(cache=True, boundscheck=False)
-def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
+def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
          y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, dest: np.ndarray, z: np.ndarray,
          pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray,
          buf: np.ndarray, g: np.ndarray, a: np.ndarray) -> None:  # pragma: no cover
-    """Row ``i`` of run ``b``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] =
-    sum_l a_l V[b, t_l, n, j]``, the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the
-    cross-entropy (with ``loss``); with ``grad``, Lemma 1's ``dL/dV[b, t_l] += a_l g_j 1[pre > 0]`` (into
-    ``gV`` or ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l
-    rho_L`` with ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[b, t_l, n, j]`` (the scores'
-    gradient, Lemma 1). Sums over ``j`` run elementwise or through ``_sum``, over ``n`` and
-    ``l`` in index order, tokens of a ``NEGLIGIBLE`` weight left out. ``pre``, ``buf``, ``g``, ``a``
-    are work buffers."""
-    vocab_size, m, L = V.shape[1], V.shape[2], tok.shape[2]
+    """Row ``i``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] = sum_l a_l V[t_l, n, j]``,
+    the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the cross-entropy (with
+    ``loss``); with ``grad``, Lemma 1's ``dL/dV[t_l] += a_l g_j 1[pre > 0]`` (into ``gV`` or
+    ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l rho_L`` with
+    ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[t_l, n, j]`` (the scores' gradient, Lemma 1). Sums
+    over ``j`` run elementwise or through ``_sum``, over ``n`` and ``l`` in index order, tokens of a
+    ``NEGLIGIBLE`` weight left out. ``pre``, ``buf``, ``g``, ``a`` are work buffers."""
+    vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
     zero = pre.dtype.type(0)
     pre[:] = zero
     amax = zero
     for l in range(L):
-        a[l] = S[b, i, l] * rho_tok[b, i, l]
+        a[l] = S[i, l] * rho_tok[i, l]
         amax = max(amax, a[l])
     for l in range(L):
         if a[l] < NEGLIGIBLE * amax:
             a[l] = zero                                # left out: see NEGLIGIBLE
-        al, Vl = a[l], V[b, tok[b, i, l]]
+        al, Vl = a[l], V[tok[i, l]]
         if al != 0:
             for k in range(m):
                 for j in range(vocab_size):
                     pre[k, j] += al * Vl[k, j]
-    zi = z[b, i]
+    zi = z[i]
     zi[:] = zero
     for k in range(m):
         for j in range(vocab_size):
             zi[j] += max(pre[k, j], zero)
     for j in range(vocab_size):
         zi[j] *= lam
-    pred[b, i] = _argmax(zi)
+    pred[i] = _argmax(zi)
     if not loss:
-        ce[b, i] = np.nan
+        ce[i] = np.nan
         return
-    mx = float(zi[pred[b, i]])
+    mx = float(zi[pred[i]])
     for j in range(vocab_size):
         g[j] = _exp(zi[j] - mx)
     se = _sum(g)
     lse = mx + _log(se)
     c = 0.0
-    for k in range(y_idx.shape[2]):
-        c -= y_prob[b, i, k] * (zi[y_idx[b, i, k]] - lse)
-    ce[b, i] = c
-    if not grad or w[b, i] == 0:
+    for k in range(y_idx.shape[1]):
+        c -= y_prob[i, k] * (zi[y_idx[i, k]] - lse)
+    ce[i] = c
+    if not grad or w[i] == 0:
         return
     for j in range(vocab_size):
         g[j] /= se                                     # p
-    for k in range(y_idx.shape[2]):
-        g[y_idx[b, i, k]] -= y_prob[b, i, k]           # p - y
-    gw = lam * w[b, i]
+    for k in range(y_idx.shape[1]):
+        g[y_idx[i, k]] -= y_prob[i, k]                 # p - y
+    gw = lam * w[i]
     for j in range(vocab_size):
         buf[j] = g[j] * gw
     for k in range(m):                                 # pre <- g_j 1[pre > 0]
@@ -513,66 +479,58 @@ def _row(b: int, i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V:
     sdS = zero
     for l in range(L):
         al = a[l]
-        dscore[b, i, l] = zero
+        dscore[i, l] = zero
         if al == 0:
             continue
-        t = tok[b, i, l]
-        Vl, d = V[b, t], dest[t]
-        gl = gV[b, d] if d >= 0 else part[b, -1 - d]
+        t = tok[i, l]
+        Vl, d = V[t], dest[t]
+        gl = gV[d] if d >= 0 else part[-1 - d]
         buf[:] = zero
         for k in range(m):
             for j in range(vocab_size):
                 gl[k, j] += al * pre[k, j]
                 buf[j] += pre[k, j] * Vl[k, j]
-        dscore[b, i, l] = _sum(buf) * rho_tok[b, i, l]     # dS_l
-        sdS += S[b, i, l] * dscore[b, i, l]
-    rho_L = rho_tok[b, i, L - 1]
+        dscore[i, l] = _sum(buf) * rho_tok[i, l]      # dS_l
+        sdS += S[i, l] * dscore[i, l]
+    rho_L = rho_tok[i, L - 1]
     for l in range(L):
         if a[l] != 0:
-            dscore[b, i, l] = S[b, i, l] * (dscore[b, i, l] - sdS) * rho_tok[b, i, l] * rho_L
+            dscore[i, l] = S[i, l] * (dscore[i, l] - sdS) * rho_tok[i, l] * rho_L
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
 def _gather(tok: np.ndarray, w: np.ndarray, ce: np.ndarray, dscore: np.ndarray, grad: bool, grad_W: bool,
-            sums: np.ndarray, part: np.ndarray, loss: np.ndarray, gV: np.ndarray, gW: np.ndarray
-            ) -> None:  # pragma: no cover
-    """After ``_rows``: the loss ``sum_i w_i CE_i`` of each run, the shared rows of ``dL/dV``
-    as the sum of their chunks' partials in chunk order, and ``dL/dW[b, t_l, t_L] +=
-    dscore_l`` in row order (Lemma 1)."""
-    B, n, L = tok.shape
-    for b in prange(B):
-        total = 0.0
+            sums: np.ndarray, part: np.ndarray, gV: np.ndarray, gW: np.ndarray) -> float:  # pragma: no cover
+    """After ``_rows``: the loss ``sum_i w_i CE_i`` (returned), the shared rows of ``dL/dV`` as the
+    sum of their chunks' partials in chunk order, and ``dL/dW[t_l, t_L] += dscore_l`` in row
+    order (Lemma 1)."""
+    n, L = tok.shape
+    total = 0.0
+    for i in range(n):
+        total += w[i] * ce[i]
+    if grad_W:
         for i in range(n):
-            total += w[b, i] * ce[b, i]
-        loss[b] = total
-        if grad_W:
-            for i in range(n):
-                for l in range(L):
-                    gW[b, tok[b, i, l], tok[b, i, L - 1]] += dscore[b, i, l]
-    if not grad:
-        return
-    K, C = sums.shape[1], sums.shape[2] - 1
-    for task in prange(B * K):
-        b, k = task // K, task % K
-        if sums[b, k, 0] < 0:
-            continue
-        out = gV[b, sums[b, k, 0]]
-        for c in range(C):
-            if sums[b, k, 1 + c] >= 0:
-                p = part[b, sums[b, k, 1 + c]]
-                for neuron in range(out.shape[0]):
-                    for j in range(out.shape[1]):
-                        out[neuron, j] += p[neuron, j]
+            for l in range(L):
+                gW[tok[i, l], tok[i, L - 1]] += dscore[i, l]
+    if grad:
+        C = sums.shape[1] - 1
+        for k in prange(sums.shape[0]):
+            out = gV[sums[k, 0]]
+            for c in range(C):
+                if sums[k, 1 + c] >= 0:
+                    p = part[sums[k, 1 + c]]
+                    for neuron in range(out.shape[0]):
+                        for j in range(out.shape[1]):
+                            out[neuron, j] += p[neuron, j]
+    return total
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
 def _descend(P: np.ndarray, G: np.ndarray, rows: np.ndarray, eta: float) -> None:  # pragma: no cover
-    """``P[b, rows[u]] -= eta G[b, u]`` for every run ``b`` and row ``u`` (the step of Sec. 4), the
-    rows in parallel (each element is its own update: the same result for any thread count)."""
+    """``P[rows[u]] -= eta G[u]`` for every row ``u`` (the step of Sec. 4), the rows in parallel
+    (each element is its own update: the same result for any thread count)."""
     step = P.dtype.type(-eta)
-    U = len(rows)
-    for task in prange(P.shape[0] * U):
-        p, g = P[task // U, rows[task % U]], G[task // U, task % U]
-        for k in range(P.shape[2]):
+    for u in prange(len(rows)):
+        p, g = P[rows[u]], G[u]
+        for k in range(P.shape[1]):
             p[k] += g[k] * step
-

@@ -57,8 +57,8 @@ def attention_output(W: torch.Tensor, samples: Samples, rho: torch.Tensor) -> to
     token basis."""
     vocab_size = W.shape[0]
     batch = Batch.build(samples, vocab_size, rho, W.dtype)
-    a = attention(W[None], batch)[0] * batch.rho_tokens[0]             # S_l rho_{t_l}
-    return torch.zeros(len(samples), vocab_size, dtype=W.dtype).scatter_add_(1, batch.tokens[0], a)
+    a = attention(W, batch) * batch.rho_tokens                        # S_l rho_{t_l}
+    return torch.zeros(len(samples), vocab_size, dtype=W.dtype).scatter_add_(1, batch.tokens, a)
 
 
 def lora(head: MLPHead, r: int, alpha: float | None = None, seed: int = 0) -> PeftModel:
@@ -113,7 +113,7 @@ def finetune_lora(W: torch.Tensor, V: torch.Tensor, data: KnowledgeData, lam: fl
                 (not shape and (p.dim() != 3 or p.shape[0] != vocab_size or p.shape[2] != vocab_size)):
             want = "(vocab_size, vocab_size)" if shape else "(vocab_size, m, vocab_size)"
             raise ValueError(f"{name} has shape {tuple(p.shape)}: one run's {name} on a vocabulary of {vocab_size} "
-                             f"tokens {want}; index a batched run with params[name][b]")
+                             f"tokens {want}; index run b of stacked parameters with params[name][b]")
         if not bool(torch.isfinite(p).all()):
             raise ValueError(f"{name} holds non-finite values: pass the parameters of a run that did not diverge")
     lam = checks.positive("lam", lam)

@@ -106,20 +106,16 @@ def success_by_coverage(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_pred(pred: np.ndarray, b: int, data: KnowledgeData) -> np.ndarray:
-    """Predictions of run ``b`` from a batched ``FTHistory.pred`` slice (B, n_max), padding dropped."""
+    """Predictions of run ``b`` from a ``FTHistory.pred`` slice of several runs (B, n_max), padding dropped."""
     return pred[b, :len(unseen_facts(data))]
 
 
 def qa_attention(W: torch.Tensor, data: KnowledgeData, dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """Attention ``S`` of the Q&A inputs ``(s_i, q)`` of the fine-tuning set, (B, N_ft, 2) (Lemma 17)."""
+    """Attention ``S`` of the Q&A inputs ``(s_i, q)`` of the fine-tuning set, (B, N_ft, 2) (Lemma 17),
+    for ``W`` (B, vocab_size, vocab_size) of ``B`` runs on the same data."""
     v = data.vocab
-    batch = Batch.build(data.qa_train, v.size, v.rho, dtype, B=W.shape[0])
-    return attention(W.to(dtype), batch).numpy()
-
-
-def _pretrain_batch(data: list[KnowledgeData], model: ModelConfig) -> Batch:
-    v = data[0].vocab
-    return Batch.build([d.pretrain for d in data], v.size, [d.vocab.rho for d in data], model.dtype)
+    batch = Batch.build(data.qa_train, v.size, v.rho, dtype)
+    return np.stack([attention(Wb.to(dtype), batch).numpy() for Wb in W])
 
 
 @dataclass
@@ -166,28 +162,39 @@ def _mean_where(x: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return np.where(n > 0, (x * sel).sum(1) / np.maximum(n, 1), np.nan)
 
 
+def _padded(rows: list[np.ndarray], fill: float) -> np.ndarray:
+    """Per-run arrays of rows (n_b,) as one (B, max n_b), ``fill`` past a run's own rows."""
+    out = np.full((len(rows), max(len(r) for r in rows)), fill, dtype=rows[0].dtype)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = r
+    return out
+
+
 def loss_gap(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> LossGap:
     """The rows' share of the gap to ``H`` and the dead (subject, phrase) pairs of ``B``
     pre-trained runs (``params`` with a leading run axis, one data set per run)."""
-    batch = _pretrain_batch(data, model)
-    out = run(params["W"], params["V"], batch, model.lam, grad=False)
-    B, n = batch.shape[:2]
-    optimum = -torch.special.xlogy(batch.y_prob, batch.y_prob).sum(1).view(B, n).double()
-    excess = out.ce.double() - optimum
-    dead = torch.zeros(B, n, dtype=torch.long)
+    cols: dict[str, list[np.ndarray]] = {"w": [], "excess": [], "dead": [], "kind": []}
     for b, d in enumerate(data):
-        rows = (batch.kind[b] == CTX_FREQ).nonzero().squeeze(1)
-        phrases = torch.tensor(np.stack([[d.vocab.r(int(k)) for k in d.phrases[int(i)]]
-                                         for i in batch.fact[b, rows]]))
-        dead[b, rows] = (out.logits[b, rows[:, None], phrases] == 0).sum(1)
-    return LossGap(batch.w.double().numpy(), excess.numpy(), dead.numpy(), batch.kind.numpy())
+        batch = Batch.build(d.pretrain, d.vocab.size, d.vocab.rho, model.dtype)
+        out = run(params["W"][b], params["V"][b], batch, model.lam, grad=False)
+        optimum = -torch.special.xlogy(batch.y_prob, batch.y_prob).sum(1).double()
+        dead = torch.zeros(batch.shape[0], dtype=torch.long)
+        rows = (batch.kind == CTX_FREQ).nonzero().squeeze(1)
+        phrases = torch.tensor(np.stack([[d.vocab.r(int(k)) for k in d.phrases[int(i)]] for i in batch.fact[rows]]))
+        dead[rows] = (out.logits[rows[:, None], phrases] == 0).sum(1)
+        for k, x in (("w", batch.w.double()), ("excess", out.ce.double() - optimum), ("dead", dead), ("kind", batch.kind)):
+            cols[k].append(x.numpy())
+    return LossGap(*(_padded(cols[k], -1 if k == "kind" else 0) for k in ("w", "excess", "dead", "kind")))
 
 
 def relation_mass(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> np.ndarray:
     """Mean probability of the whole relation set after the contexts ``(c, s_i)``, frequent
     and rare, per run (B,): ``p_R`` of Prop. 2, Eq. (17)."""
-    batch = _pretrain_batch(data, model)
-    p = torch.softmax(run(params["W"], params["V"], batch, model.lam, grad=False).logits.double(), -1)
-    rel = torch.tensor([data[0].vocab.r(k) for k in range(data[0].cfg.R)])
-    ctx = ((batch.kind == CTX_FREQ) | (batch.kind == CTX_RARE)).double()
-    return ((p[..., rel].sum(-1) * ctx).sum(1) / ctx.sum(1)).numpy()
+    out = np.zeros(len(data))
+    for b, d in enumerate(data):
+        batch = Batch.build(d.pretrain, d.vocab.size, d.vocab.rho, model.dtype)
+        p = torch.softmax(run(params["W"][b], params["V"][b], batch, model.lam, grad=False).logits.double(), -1)
+        rel = torch.tensor([d.vocab.r(k) for k in range(d.cfg.R)])
+        ctx = ((batch.kind == CTX_FREQ) | (batch.kind == CTX_RARE)).double()
+        out[b] = float((p[:, rel].sum(-1) * ctx).sum() / ctx.sum())
+    return out

@@ -18,16 +18,15 @@ push of input token x on the logit of y, averaged over the facts' pairs."""
 
 
 def loss_by_kind(ce: torch.Tensor, batch: Batch) -> np.ndarray:
-    """Weighted mean cross-entropy of each sample kind (``kaol.data.KIND_NAMES``), (B, 5); NaN if absent.
+    """Weighted mean cross-entropy of each sample kind (``kaol.data.KIND_NAMES``), (5,); NaN if absent.
     Sums are exactly rounded (``math.fsum``), so the result does not depend on the CPU."""
-    out = np.full((ce.shape[0], 5), np.nan)
+    out = np.full(5, np.nan)
     wce, w, kind = (batch.w * ce).double().numpy(), batch.w.double().numpy(), batch.kind.numpy()
-    for b in range(ce.shape[0]):
-        for k in range(5):
-            sel = kind[b] == k
-            tot = math.fsum(w[b, sel])
-            if tot > 0:
-                out[b, k] = math.fsum(wce[b, sel]) / tot
+    for k in range(5):
+        sel = kind == k
+        tot = math.fsum(w[sel])
+        if tot > 0:
+            out[k] = math.fsum(wce[sel]) / tot
     return out
 
 
@@ -44,68 +43,68 @@ def _token_kinds(v: Vocab) -> tuple[int, ...]:
 
 
 def attention_mass(S: torch.Tensor, batch: Batch, v: Vocab) -> np.ndarray:
-    """Mean attention on the c, s and r tokens (B, 2, 3): row 0 for the ``(c, s)`` inputs,
+    """Mean attention on the c, s and r tokens (2, 3): row 0 for the ``(c, s)`` inputs,
     row 1 for the ``(c, s, r)`` inputs (Prop. 1). Sums over a row's tokens run in order,
     over rows exactly rounded (``math.fsum``)."""
     tk = (token_kinds(v)[batch.tokens] * batch.mask + 3 * ~batch.mask).numpy()
     Sd, kind = S.double().numpy(), batch.kind.numpy()
-    out = np.zeros((S.shape[0], 2, 3))
+    out = np.zeros((2, 3))
     for c in range(3):
         mass = np.zeros(kind.shape)
-        for l in range(Sd.shape[2]):
-            mass += np.where(tk[..., l] == c, Sd[..., l], 0.0)
+        for l in range(Sd.shape[1]):
+            mass += np.where(tk[:, l] == c, Sd[:, l], 0.0)
         for row, kinds in enumerate([(CTX_FREQ, CTX_RARE), (ANS_FREQ, ANS_RARE)]):
-            for b in range(S.shape[0]):
-                sel = (kind[b] == kinds[0]) | (kind[b] == kinds[1])
-                out[b, row, c] = math.fsum(mass[b, sel]) / max(int(sel.sum()), 1)
+            sel = (kind == kinds[0]) | (kind == kinds[1])
+            out[row, c] = math.fsum(mass[sel]) / max(int(sel.sum()), 1)
     return out
 
 
-def features(V: torch.Tensor, runs: list[KnowledgeData]) -> np.ndarray:
-    """Feature strengths of ``FEATURES`` for each run (B, 4), from ``V`` (B, vocab_size, m, vocab_size):
-    each ``sum_n V[b, x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
-    out = np.zeros((len(runs), len(FEATURES)))
-
-    def mean(Vb: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
-        cols = Vb[torch.from_numpy(x), :, torch.from_numpy(y)].double().numpy()       # (pairs, m)
+def features(V: torch.Tensor, d: KnowledgeData) -> np.ndarray:
+    """Feature strengths of ``FEATURES`` of one run (4,), from its ``V`` (vocab_size, m, vocab_size) on
+    ``d``: each ``sum_n V[x, n, y]`` is summed over ``n`` in order, the mean over pairs exactly rounded."""
+    def mean(x: np.ndarray, y: np.ndarray) -> float:
+        cols = V[torch.from_numpy(x), :, torch.from_numpy(y)].double().numpy()       # (pairs, m)
         F = cols[:, 0].copy()
         for n in range(1, cols.shape[1]):
             F += cols[:, n]
         return math.fsum(F.tolist()) / len(F)
 
-    for b, d in enumerate(runs):
-        v = d.vocab
-        facts = np.arange(d.cfg.N)
-        pair_i = np.repeat(facts, [len(ks) for ks in d.phrases])          # the pairs (i, k), fact by fact
-        pair_k = np.concatenate(d.phrases).astype(np.int64)
-        out[b, 0] = mean(V[b], v.s(facts), v.a(facts))
-        out[b, 1] = mean(V[b], v.r(pair_k), v.a(pair_i))
-        out[b, 2] = mean(V[b], v.s(pair_i), v.r(pair_k))
-        relations = np.arange(d.cfg.R)
-        out[b, 3] = mean(V[b], np.full(d.cfg.R, v.c), v.r(relations)) if v.context else np.nan
-    return out
+    v = d.vocab
+    facts = np.arange(d.cfg.N)
+    pair_i = np.repeat(facts, [len(ks) for ks in d.phrases])          # the pairs (i, k), fact by fact
+    pair_k = np.concatenate(d.phrases).astype(np.int64)
+    relations = np.arange(d.cfg.R)
+    return np.array([mean(v.s(facts), v.a(facts)), mean(v.r(pair_k), v.a(pair_i)), mean(v.s(pair_i), v.r(pair_k)),
+                     mean(np.full(d.cfg.R, v.c), v.r(relations)) if v.context else np.nan])
+
+
+def _check_one_run(gV: torch.Tensor) -> None:
+    """A V gradient must be one run's, (rows, m, vocab_size): index run b of stacked gradients first."""
+    if not isinstance(gV, torch.Tensor) or gV.dim() != 3:
+        raise ValueError(f"expected one run's V gradient (rows, m, vocab_size), got shape "
+                         f"{tuple(getattr(gV, 'shape', ()))}: index run b of stacked gradients with g[b]")
 
 
 def _as_matrix(gV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The V gradient as (B, inputs, neurons) restricted to the input rows that are non-zero."""
-    M = gV.reshape(gV.shape[0], gV.shape[1], -1)
-    rows = torch.nonzero(M.abs().sum((0, 2)) > 0).squeeze(1)
-    return M[:, rows], rows
+    """The V gradient as (inputs, neurons) restricted to the input rows that are non-zero."""
+    M = gV.reshape(gV.shape[0], -1)
+    rows = torch.nonzero(M.abs().sum(1) > 0).squeeze(1)
+    return M[rows], rows
 
 
-def gradient_spectrum(gV: torch.Tensor, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values of the V gradient seen as a (neurons x inputs) matrix, and the
-    alignment ``|<u_1, e_q>|`` of its top right singular vector with ``q`` (Prop. 3)."""
+def gradient_spectrum(gV: torch.Tensor, q: int) -> tuple[np.ndarray, float]:
+    """Singular values of one run's V gradient (vocab_size, m, vocab_size) seen as a (neurons x inputs)
+    matrix, and the alignment ``|<u_1, e_q>|`` of its top right singular vector with ``q`` (Prop. 3)."""
+    _check_one_run(gV)
     M, rows = _as_matrix(gV)
     U, s, _ = torch.linalg.svd(M.double(), full_matrices=False)
     iq = (rows == q).nonzero()
-    align = U[:, iq[0, 0], 0].abs() if len(iq) else torch.zeros(M.shape[0])
-    return s.numpy(), align.numpy()
+    return s.numpy(), float(U[iq[0, 0], 0].abs()) if len(iq) else 0.0
 
 
 def rank1(gV: torch.Tensor) -> torch.Tensor:
-    """Best rank-1 approximation ``sigma_1 u_1 v_1^T`` of each run's V gradient (Eckart-Young, App. H),
-    (B, vocab_size, m, vocab_size) or given on some rows only (B, U, m, vocab_size): zero rows do not
+    """Best rank-1 approximation ``sigma_1 u_1 v_1^T`` of one run's V gradient (Eckart-Young, App. H),
+    (vocab_size, m, vocab_size) or given on some rows only (U, m, vocab_size): zero rows do not
     change it.
 
     With ``M`` the (inputs x neurons) matrix, ``u_1`` is the top eigenvector of the small Gram
@@ -113,9 +112,9 @@ def rank1(gV: torch.Tensor) -> torch.Tensor:
     as from an SVD of ``M``. ``_rank1`` finds ``u_1`` by repeated squaring of ``G`` in float64
     with every sum in a fixed order, so the result is the same on every CPU.
     """
+    _check_one_run(gV)
     out = torch.empty_like(gV)
-    B, R = gV.shape[:2]
-    _rank1(gV.reshape(B, R, -1).numpy(), out.view(B, R, -1).numpy())
+    _rank1(gV.reshape(gV.shape[0], -1).numpy(), out.view(gV.shape[0], -1).numpy())
     return out
 
 
@@ -125,8 +124,8 @@ SQUARINGS = 64
 
 @njit(cache=True, boundscheck=False)
 def _rank1(M: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    """``out[b] = u u^T M[b]`` with ``u`` the top eigenvector of ``G = M[b] M[b]^T`` restricted to
-    the non-zero rows of ``M[b]`` (see ``rank1``).
+    """``out = u u^T M`` with ``u`` the top eigenvector of ``G = M M^T`` restricted to the non-zero
+    rows of ``M`` (see ``rank1``).
 
     ``A = G / max|G|`` is squared (and rescaled) until it stops moving (by less than 1e-14):
     after ``s`` squarings ``A ~ G^(2^s)``, whose second direction has shrunk by
@@ -136,38 +135,37 @@ def _rank1(M: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     ``G`` needs 10^5 steps; squaring needs 18. ``A`` then is ``u u^T`` up to scale (or, if
     ``lambda_1 = lambda_2`` exactly, the projector on their span), and ``u`` is its column of
     largest diagonal, normalised."""
-    B, R, K = M.shape
+    R, K = M.shape
     out[:] = 0
-    for b in range(B):
-        rows = np.array([i for i in range(R) if np.any(M[b, i] != 0)], dtype=np.int64)
-        U = len(rows)
-        if U == 0:
-            continue
-        Mt = np.empty((K, U))
-        for k in range(U):
-            Mt[:, k] = M[b, rows[k]]
-        G = _gram(Mt)
-        A = G / np.abs(G).max()
-        for _ in range(SQUARINGS):
-            A2 = _square(A)
-            moved = np.abs(A2 - A).max()
-            A = A2
-            if moved < 1e-14:
-                break
-        top = 0
-        for i in range(U):
-            if A[i, i] > A[top, top]:
-                top = i
-        u = A[:, top] / math.sqrt(_dot(A[:, top], A[:, top]))
-        coef = np.zeros(K)                             # u^T M
-        for k in range(U):
-            Mk = M[b, rows[k]]
-            for c in range(K):
-                coef[c] += u[k] * Mk[c]
-        for k in range(U):
-            ok = out[b, rows[k]]
-            for c in range(K):
-                ok[c] = u[k] * coef[c]
+    rows = np.array([i for i in range(R) if np.any(M[i] != 0)], dtype=np.int64)
+    U = len(rows)
+    if U == 0:
+        return
+    Mt = np.empty((K, U))
+    for k in range(U):
+        Mt[:, k] = M[rows[k]]
+    G = _gram(Mt)
+    A = G / np.abs(G).max()
+    for _ in range(SQUARINGS):
+        A2 = _square(A)
+        moved = np.abs(A2 - A).max()
+        A = A2
+        if moved < 1e-14:
+            break
+    top = 0
+    for i in range(U):
+        if A[i, i] > A[top, top]:
+            top = i
+    u = A[:, top] / math.sqrt(_dot(A[:, top], A[:, top]))
+    coef = np.zeros(K)                             # u^T M
+    for k in range(U):
+        Mk = M[rows[k]]
+        for c in range(K):
+            coef[c] += u[k] * Mk[c]
+    for k in range(U):
+        ok = out[rows[k]]
+        for c in range(K):
+            ok[c] = u[k] * coef[c]
 
 
 @njit(cache=True, boundscheck=False)

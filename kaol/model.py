@@ -1,9 +1,9 @@
 """The simplified one-layer transformer of Sec. 2 and the three other architectures of Table 3.
 
-All four share one interface: ``init_params(cfg, vocab_size, B, seed)`` returns a dict of
-parameters with a leading run axis ``B`` (many runs train as one program), and
-``forward(cfg, params, tokens, mask, rho)`` returns logits over the ``vocab_size``
-vocabulary tokens and the attention of the last position. Inputs live in the
+All four share one interface: ``init_params(cfg, vocab_size, B, seed)`` returns the
+parameters of ``B`` independent runs, stacked along a leading axis (``params[k][b]`` is run
+``b``'s), and ``forward(cfg, params, tokens, mask, rho)`` takes one run's parameters and returns
+logits over the ``vocab_size`` vocabulary tokens and the attention of the last position. Inputs live in the
 token basis (orthogonal embeddings, Sec. 3): token ``t`` is ``rho_t e_t``.
 
 Simplified model (Sec. 2), for input ``X = [x_1 .. x_L]`` with query ``x_L``::
@@ -11,7 +11,7 @@ Simplified model (Sec. 2), for input ``X = [x_1 .. x_L]`` with query ``x_L``::
     S = softmax(X^T W x_L)          h = X S
     F_j = sum_n ReLU(<v_{j,n}, h>)  z = lambda F
 
-``V`` is stored as ``(B, vocab_size, m, vocab_size)``: ``V[b, t, n, j]`` is coordinate ``t``
+One run's ``V`` is stored as ``(vocab_size, m, vocab_size)``: ``V[t, n, j]`` is coordinate ``t``
 of neuron ``v_{j,n}``. This module is the plain autograd version (the reference
 of the tests, and the training path of attention-only and the standard block); ``kaol.fast``
 computes the exact gradients of the simplified model and of uniform attention + MLP
@@ -67,7 +67,7 @@ def init_params(cfg: ModelConfig, vocab_size: int, B: int = 1, seed: int | list[
     """Gaussian N(0, sigma0^2) initial parameters of ``B`` runs for a vocabulary of ``vocab_size``.
 
     ``seed`` is one seed per run (or one int, giving runs ``seed, seed+1, ...``); run
-    ``b`` depends on its own seed only, so a batched run equals the same run alone. The
+    ``b`` depends on its own seed only, so a run among others equals the same run alone. The
     draws come from numpy's PCG64 generator and its scalar ziggurat sampler, whose float64
     output is the same on every CPU (torch's sampler is vectorised where AVX2 is present).
     """
@@ -107,43 +107,27 @@ def _init_one(cfg: ModelConfig, vocab_size: int, seed: int) -> dict[str, torch.T
     return p
 
 
-def norms(rho: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``rho_{t}`` of every token (B, n, L), from norms shared (vocab_size,) or per run (B, vocab_size)."""
-    B = tokens.shape[0]
-    rho = rho.to(dtype).expand(B, -1) if rho.dim() == 1 else rho.to(dtype)
-    return rho.gather(1, tokens.reshape(B, -1)).view(tokens.shape)
-
-
 def attention(W: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """Attention of the last token, ``S = softmax(X^T W x_L)`` (Sec. 2), in the token basis.
 
-    ``W`` (B, vocab_size, vocab_size); ``tokens``, ``mask`` (B, n, L) or (n, L); ``rho`` (vocab_size,) or
-    (B, vocab_size).
-    Returns S (B, n, L).
+    ``W`` (vocab_size, vocab_size); ``tokens``, ``mask`` (n, L); ``rho`` (vocab_size,). Returns S (n, L).
     """
-    B, vocab_size = W.shape[:2]
-    tokens, mask = _batched(tokens, B), _batched(mask, B)
-    rho_tokens = norms(rho, tokens, W.dtype)
-    idx = (tokens * vocab_size + tokens[..., -1:]).reshape(B, -1)
-    scores = W.reshape(B, -1).gather(1, idx).view_as(rho_tokens) * rho_tokens * rho_tokens[..., -1:]
+    rho_tokens = rho.to(W.dtype)[tokens]
+    scores = W[tokens, tokens[:, -1:]] * rho_tokens * rho_tokens[:, -1:]
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
 
 
 def mlp_logits(V: torch.Tensor, h_weights: torch.Tensor, tokens: torch.Tensor, lam: float) -> torch.Tensor:
     """``lambda * F`` with ``F_j = sum_n ReLU(<v_{j,n}, h>)`` for ``h = sum_l h_weights_l e_{t_l}``."""
-    B = V.shape[0]
-    rows = V[torch.arange(B)[:, None, None], _batched(tokens, B)]        # (B, n, L, m, vocab_size)
-    pre = torch.einsum("bnl,bnlmj->bnmj", h_weights, rows)
-    return lam * pre.clamp_min(0).sum(2)
+    pre = torch.einsum("nl,nlmj->nmj", h_weights, V[tokens])
+    return lam * pre.clamp_min(0).sum(1)
 
 
 def forward(cfg: ModelConfig, params: dict[str, torch.Tensor], tokens: torch.Tensor,
             mask: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (B, n, vocab_size) and last-position attention (B, n, L) of ``cfg.arch``; ``rho``
-    (vocab_size,) or (B, vocab_size)."""
-    B = next(iter(params.values())).shape[0]
-    tokens, mask = _batched(tokens, B), _batched(mask, B)
-    rho_tokens = norms(rho, tokens, cfg.dtype) * mask
+    """Logits (n, vocab_size) and last-position attention (n, L) of one run of ``cfg.arch``
+    (``params`` without a run axis); ``tokens``, ``mask`` (n, L), ``rho`` (vocab_size,)."""
+    rho_tokens = rho.to(cfg.dtype)[tokens] * mask
     if cfg.arch == "uniform_mlp":
         S = (mask / mask.sum(-1, keepdim=True)).to(cfg.dtype)
         return mlp_logits(params["V"], S * rho_tokens, tokens, cfg.lam), S
@@ -153,8 +137,7 @@ def forward(cfg: ModelConfig, params: dict[str, torch.Tensor], tokens: torch.Ten
     if cfg.arch == "simplified":
         return mlp_logits(params["V"], S * rho_tokens, tokens, cfg.lam), S
     # attention_only: logits = lambda U h, a linear read-out of the attention output.
-    U = params["U"][torch.arange(B)[:, None, None], tokens]                # (B, n, L, vocab_size)
-    return cfg.lam * torch.einsum("bnl,bnlj->bnj", S * rho_tokens, U), S
+    return cfg.lam * torch.einsum("nl,nlj->nj", S * rho_tokens, params["U"][tokens]), S
 
 
 def _standard(cfg: ModelConfig, p: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
@@ -165,23 +148,17 @@ def _standard(cfg: ModelConfig, p: dict[str, torch.Tensor], tokens: torch.Tensor
     depend on the token alone: they are computed once per vocabulary token (``vocab_size`` rows)
     and gathered, not once per position. A padding position (``rho = 0``) gets a token's key and
     value, which its attention weight 0 leaves unused."""
-    B, n, L = tokens.shape
     vocab_size = p["Wq"].shape[-1]
 
     def norm(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * g[:, None]
+        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * g
 
-    E = norm(torch.diag_embed(rho.to(cfg.dtype).expand(B, vocab_size)), p["ln1"])                       # (B, vocab_size, vocab_size): row t is token t
-    pick = torch.arange(B)[:, None, None], tokens
-    q = (E @ p["Wq"])[pick][:, :, -1]
-    k, v = (E @ p["Wk"])[pick], (E @ p["Wv"])[pick]                 # (B, n, L, vocab_size)
-    scores = torch.einsum("bnu,bnlu->bnl", q, k) / vocab_size ** 0.5
+    E = norm(torch.diag(rho.to(cfg.dtype)), p["ln1"])                # (vocab_size, vocab_size): row t is token t
+    q = (E @ p["Wq"])[tokens[:, -1]]
+    k, v = (E @ p["Wk"])[tokens], (E @ p["Wv"])[tokens]             # (n, L, vocab_size)
+    scores = torch.einsum("nu,nlu->nl", q, k) / vocab_size ** 0.5
     S = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
-    last = torch.nn.functional.one_hot(tokens[:, :, -1], vocab_size).to(cfg.dtype) * rho_tokens[:, :, -1:]
-    h = last + torch.einsum("bnl,bnlu->bnu", S, v) @ p["Wo"]
+    last = torch.nn.functional.one_hot(tokens[:, -1], vocab_size).to(cfg.dtype) * rho_tokens[:, -1:]
+    h = last + torch.einsum("nl,nlu->nu", S, v) @ p["Wo"]
     h = h + torch.relu(norm(h, p["ln2"]) @ p["W1"]) @ p["W2"]
     return cfg.lam * norm(h, p["lnf"]), S
-
-
-def _batched(x: torch.Tensor, B: int) -> torch.Tensor:
-    return x if x.dim() == 3 else x.expand(B, *x.shape)

@@ -13,8 +13,8 @@ def cross_entropy(logits: torch.Tensor, y_idx: torch.Tensor, y_prob: torch.Tenso
     """Cross-entropy of each row against its target distribution (Eq. (9)'s ``ell``).
 
     ``logits`` is ``(..., n, vocab_size)``; row ``i``'s target puts ``y_prob[i]`` on the tokens
-    ``y_idx[i]`` (``(n, k)``, or ``(B*n, k)`` flattened over the runs as in
-    ``kaol.fast.Batch``): ``-sum_j y_prob[i, j] log p(y_idx[i, j])``, shape ``(..., n)``.
+    ``y_idx[i]`` (``(n, k)`` as in ``kaol.fast.Batch``): ``-sum_j y_prob[i, j] log p(y_idx[i, j])``,
+    shape ``(..., n)``.
     A merged row (``kaol.data``: ``K`` samples with one input) has a uniform target.
     """
     logp = torch.log_softmax(logits, -1)

@@ -1,9 +1,9 @@
-"""Grids of pre-training + fine-tuning runs (Sec. 7, Fig. 2a/2b/3a/3b), batched and cached.
+"""Grids of pre-training + fine-tuning runs (Sec. 7, Fig. 2a/2b/3a/3b), cached.
 
 Pre-training does not depend on the fine-tuning size ``N_ft`` (the fine-tuning split
 is drawn after the phrasings, so data differing only in ``N_ft`` share their
 pre-training set): each ``(K, R, seed)`` is pre-trained once, and the fine-tuning runs
-of all ``N_ft`` values start from it, batched together.
+of all ``N_ft`` values start from it.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def finetuned(cfg: DataConfig, seeds: list[int], N_ft: list[int], model: ModelCo
               ft: FTConfig = FTConfig(), schedule: Schedule = Schedule()
               ) -> tuple[list[KnowledgeData], dict[str, torch.Tensor], FTHistory]:
     """Fine-tune the pre-trained model of every seed (``pretrained``) on every ``N~_f`` in
-    ``N_ft`` (Sec. 4): one batch of runs in the order ``product(seeds, N_ft)``, cached on disk.
+    ``N_ft`` (Sec. 4): the runs in the order ``product(seeds, N_ft)``, cached on disk.
 
     Returns the data set of each run, the fine-tuned parameters and the history, with the
     predictions at every step. ``N_ft``: a non-empty list of ints, each valid for ``cfg``."""
@@ -113,14 +113,14 @@ def _data(cfg: DataConfig, seeds: list[int], runs: list[tuple[int, int]]) -> lis
 
 def _finetune(params: dict[str, torch.Tensor], data: list[KnowledgeData], runs: list[tuple[int, int]],
               model: ModelConfig, ft: FTConfig) -> tuple[dict[str, torch.Tensor], FTHistory]:
-    """Run ``b`` fine-tuned on ``data[b]`` from the pre-trained model of its seed ``runs[b][0]``, all in one batch."""
+    """Run ``b`` fine-tuned on ``data[b]`` from the pre-trained model of its seed ``runs[b][0]``."""
     idx = torch.tensor([si for si, _ in runs])
     return finetune({k: p[idx] for k, p in params.items()}, data, model, ft)
 
 
 def _slice(h: FTHistory, b: int) -> FTHistory:
     return FTHistory(h.loss[:, b:b + 1], h.acc_freq[:, b:b + 1], h.acc_rare[:, b:b + 1], h.pred[:, b:b + 1],
-                     h.sv0[b:b + 1], h.align_q[b:b + 1], h.n_freq[b:b + 1], h.n_rare)
+                     h.sv0[b:b + 1], h.align_q[b:b + 1], h.n_freq[b:b + 1], h.n_rare[b:b + 1])
 
 
 def _row(cfg: DataConfig, h: FTHistory, b: int, pt_loss: float, ft: FTConfig) -> dict[str, object]:

@@ -1,9 +1,11 @@
 """Pre-training with the three-stage schedule and fine-tuning (full and rank-1), Sec. 4 and App. H.
 
-Every function trains ``B`` runs at once: the parameters carry a leading run
-axis and each run may have data of its own (same vocabulary size). The
-simplified model and uniform attention + MLP use the exact sparse gradients of
-``kaol.fast``; the two other architectures of Table 3 use autograd on ``kaol.model.forward``.
+``pretrain`` and ``finetune`` take ``B`` runs, stacked along a leading axis of the
+parameters, each with data of its own (same vocabulary size), and train them one after
+the other: the core (``_pretrain_run``, ``_finetune_run``, ``kaol.fast``) sees one run at a
+time, and many runs go faster over processes (``kaol.parallel``) than in one program. The
+simplified model and uniform attention + MLP use the exact sparse gradients of ``kaol.fast``;
+the two other architectures of Table 3 use autograd on ``kaol.model.forward``.
 """
 from __future__ import annotations
 
@@ -86,6 +88,14 @@ class PTHistory:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
+    @staticmethod
+    def cat(runs: list["PTHistory"]) -> "PTHistory":
+        """The histories of several runs (logged at the same steps) as one, runs in order."""
+        out = PTHistory(list(runs[0].steps))
+        for name in ("loss", "loss_by_kind", "attn", "features"):
+            setattr(out, name, [np.concatenate(at) for at in zip(*(getattr(h, name) for h in runs))])
+        return out
+
     def table(self, run: int = 0) -> pd.DataFrame:
         """The curves of ``run`` as one row per logged step (the data behind the chapters' figures)."""
         cols = {"step": self.steps, "loss": np.asarray(self.loss)[:, run]}
@@ -109,11 +119,11 @@ class FTHistory:
     loss: np.ndarray
     acc_freq: np.ndarray
     acc_rare: np.ndarray
-    pred: np.ndarray          # (S, B, n_unseen) argmax on the unseen rows: frequent then rare
+    pred: np.ndarray          # (S, B, n_unseen) argmax on the unseen rows: frequent then rare (-1 past a run's own)
     sv0: np.ndarray
     align_q: np.ndarray
     n_freq: np.ndarray        # (B,) unseen frequent facts of each run
-    n_rare: int
+    n_rare: np.ndarray        # (B,) rare facts of each run
 
     @property
     def acc(self) -> np.ndarray:
@@ -132,6 +142,23 @@ class FTHistory:
         a = getattr(self, which)[1:]
         return a.max(0), a.argmax(0) + 1
 
+    @staticmethod
+    def cat(runs: list["FTHistory"]) -> "FTHistory":
+        """The histories of several runs (same number of steps) as one, runs in order; ``pred``
+        padded with -1 and ``sv0`` with 0 (a zero singular value) to the longest run's."""
+        def padded(name: str, fill: float) -> np.ndarray:
+            parts = [getattr(h, name) for h in runs]
+            out = np.full(parts[0].shape[:-2] + (sum(p.shape[-2] for p in parts), max(p.shape[-1] for p in parts)),
+                          fill, dtype=parts[0].dtype)
+            b = 0
+            for p in parts:
+                out[..., b:b + p.shape[-2], :p.shape[-1]] = p
+                b += p.shape[-2]
+            return out
+        return FTHistory(*(np.concatenate([getattr(h, k) for h in runs], 1) for k in ("loss", "acc_freq", "acc_rare")),
+                         padded("pred", -1), padded("sv0", 0.0), np.concatenate([h.align_q for h in runs]),
+                         *(np.concatenate([getattr(h, k) for h in runs]) for k in ("n_freq", "n_rare")))
+
 
 def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[KnowledgeData]:
     runs = data if isinstance(data, list) else [data] * (B or 1)
@@ -148,12 +175,11 @@ DIVERGED = 100.0
 """A loss above ``DIVERGED`` times its initial value (about log vocab_size at initialisation) has diverged."""
 
 
-def _check_finite(loss: torch.Tensor, t: int, what: str, rate: float, start: torch.Tensor) -> None:
-    """Stop on a NaN/inf or diverging loss, naming the step and the rate of the update that caused it."""
-    bad = [b for b in range(len(loss)) if not float(loss[b]) <= DIVERGED * float(start[b])]
-    if bad:
-        raise ValueError(f"{what} loss became {float(loss[bad[0]]):.4g} at step {t} (runs {bad}) with "
-                         f"learning rate {rate}: the run diverged, lower that rate (e.g. to {rate / 10:g})")
+def _check_finite(loss: float, t: int, what: str, rate: float, start: float, run: str) -> None:
+    """Stop on a NaN/inf or diverging loss, naming the step, the run and the rate of the update that caused it."""
+    if not loss <= DIVERGED * start:
+        raise ValueError(f"{what} loss became {loss:.4g} at step {t}{run} with learning rate {rate}: "
+                         f"the run diverged, lower that rate (e.g. to {rate / 10:g})")
 
 
 NORM_LIMIT = 1e6
@@ -161,21 +187,28 @@ NORM_LIMIT = 1e6
 (a huge rate can leave a finite, even zero, loss with exploded parameters)."""
 
 
-def _check_norm(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor], t: int, what: str,
-                rate: float) -> None:
-    """Stop on non-finite or exploding parameters, naming the step, the rate and a lower rate to try."""
+def _check_norm(params: dict[str, torch.Tensor], start: dict[str, float], t: int, what: str, rate: float,
+                run: str) -> None:
+    """Stop on non-finite or exploding parameters, naming the step, the run, the rate and a lower rate to try."""
     for k, size in _sizes(params).items():
-        bad = [b for b in range(len(size)) if not float(size[b]) <= NORM_LIMIT * (1 + float(start[k][b]))]
-        if bad:
-            raise ValueError(f"{what}: parameter {k} reached max |{k}| = {float(size[bad[0]]):.4g} at step {t} "
-                             f"(runs {bad}) with learning rate {rate}: the run diverged, lower that rate "
-                             f"(e.g. to {rate / 10:g})")
+        if not size <= NORM_LIMIT * (1 + start[k]):
+            raise ValueError(f"{what}: parameter {k} reached max |{k}| = {size:.4g} at step {t}{run} "
+                             f"with learning rate {rate}: the run diverged, lower that rate (e.g. to {rate / 10:g})")
 
 
-def _sizes(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``max |p|`` of each run's parameters, per parameter (from their min and max: no copy of ``|p|``)."""
-    flat = {k: p.detach().reshape(p.shape[0], -1) for k, p in params.items()}
-    return {k: torch.maximum(f.amax(1), -f.amin(1)).double() for k, f in flat.items()}
+def _sizes(params: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``max |p|`` of one run's parameters, per parameter (from their min and max: no copy of ``|p|``)."""
+    return {k: max(float(p.detach().max()), -float(p.detach().min())) for k, p in params.items()}
+
+
+def _one(params: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:
+    """Run ``b``'s parameters: views, so training them trains ``params``."""
+    return {k: p[b] for k, p in params.items()}
+
+
+def _label(b: int, B: int) -> str:
+    """How errors name run ``b`` of ``B`` (nothing when there is one)."""
+    return f" (run {b})" if B > 1 else ""
 
 
 def _check_params(params: dict[str, torch.Tensor], runs: list[KnowledgeData]) -> None:
@@ -204,10 +237,18 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
     if B is not None:
         checks.integer("B", B, lo=1)
     runs = _runs(data, B)
-    B, v = len(runs), runs[0].vocab
-    params = init_params(model, v.size, B, seed) if params is None else params
+    B = len(runs)
+    params = init_params(model, runs[0].vocab.size, B, seed) if params is None else params
     _check_params(params, runs)
-    batch = fast.Batch.build([d.pretrain for d in runs], v.size, [d.vocab.rho for d in runs], model.dtype)
+    hists = [_pretrain_run(_one(params, b), d, model, schedule, log_every, _label(b, B)) for b, d in enumerate(runs)]
+    return params, PTHistory.cat(hists)
+
+
+def _pretrain_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: ModelConfig, schedule: Schedule,
+                  log_every: int, run: str) -> PTHistory:
+    """Pre-train one run's ``params`` in place on ``d`` (``pretrain``); its history has one run."""
+    v = d.vocab
+    batch = fast.Batch.build(d.pretrain, v.size, v.rho, model.dtype)
     hist = PTHistory()
     size0 = _sizes(params)
     out, S = None, _fixed_attention(model, params, batch, train_W=True)
@@ -215,20 +256,21 @@ def pretrain(data: KnowledgeData | list[KnowledgeData], model: ModelConfig = Mod
         log = t % log_every == 0 or t == schedule.T
         out = _step(model, params, batch, grad=t < schedule.T, S=S, reuse=out)
         last = max(t - 1, 0)                     # the update that produced this loss
+        what = f"pre-training (Stage {schedule.stage(last)})"
         if t == 0:
-            start = out.loss
-        _check_finite(out.loss, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last), start)
+            start = float(out.loss)
+        _check_finite(float(out.loss), t, what, schedule.rate(last), start, run)
         if log:
-            _check_norm(params, size0, t, f"pre-training (Stage {schedule.stage(last)})", schedule.rate(last))
+            _check_norm(params, size0, t, what, schedule.rate(last), run)
             hist.steps.append(t)
-            hist.loss.append(out.loss.numpy().copy())
-            hist.loss_by_kind.append(metrics.loss_by_kind(out.ce, batch))
-            hist.attn.append(metrics.attention_mass(out.S, batch, v))
+            hist.loss.append(out.loss.reshape(1).numpy().copy())
+            hist.loss_by_kind.append(metrics.loss_by_kind(out.ce, batch)[None])
+            hist.attn.append(metrics.attention_mass(out.S, batch, v)[None])
             if "V" in params:
-                hist.features.append(metrics.features(params["V"], runs))
+                hist.features.append(metrics.features(params["V"], d)[None])
         if t < schedule.T:
             _descend(params, out, schedule.rate(t))
-    return params, hist
+    return hist
 
 
 @dataclass
@@ -237,7 +279,7 @@ class _Out:
     ce: torch.Tensor
     S: torch.Tensor
     logits: torch.Tensor
-    pred: torch.Tensor                  # (B, n) argmax of the logits
+    pred: torch.Tensor                  # (n,) argmax of the logits
     grads: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor] = field(default_factory=dict)   # gradients given on these rows only
     work: fast.Pass | None = None       # the exact path's buffers, for the next step to reuse
@@ -274,11 +316,9 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
         leaves = {k: p.detach().requires_grad_(grad) for k, p in params.items()}
         with torch.set_grad_enabled(grad):
             logits, S = forward(model, leaves, batch.tokens, batch.mask, batch.rho)
-            B, n, vocab_size = logits.shape
-            logp = torch.log_softmax(logits, -1).view(B * n, vocab_size)
-            ce = -(batch.y_prob * logp.gather(1, batch.y_idx)).sum(1).view(B, n)
-            loss = (batch.w * ce).sum(1)
-        grads = dict(zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values())))) if grad else {}
+            ce = -(batch.y_prob * torch.log_softmax(logits, -1).gather(1, batch.y_idx)).sum(1)
+            loss = (batch.w * ce).sum()
+        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())))) if grad else {}
     finally:
         torch.set_num_threads(threads)
     return _Out(loss.detach(), ce.detach(), S.detach(), logits.detach(), logits.detach().argmax(-1), grads)
@@ -314,36 +354,40 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
     B = next(iter(params.values())).shape[0]
     runs = _runs(data, B)
     _check_params(params, runs)
-    v = runs[0].vocab
     if any(d.cfg.N_ft == 0 for d in runs):
         raise ValueError("N_ft = 0: there is nothing to fine-tune on; set N_ft >= 1")
     params = {k: p.clone() for k, p in params.items()}
+    hists = [_finetune_run(_one(params, b), d, model, cfg, _label(b, B)) for b, d in enumerate(runs)]
+    return params, FTHistory.cat(hists)
+
+
+def _finetune_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: ModelConfig, cfg: FTConfig,
+                  run: str) -> FTHistory:
+    """Fine-tune one run's ``params`` in place on ``d`` (``finetune``); its history has one run."""
+    v = d.vocab
     size0 = _sizes(params)
-    rho = [d.vocab.rho for d in runs]
-    train = fast.Batch.build([d.qa_train for d in runs], v.size, rho, model.dtype)
-    test = fast.Batch.build([_cat(d.qa_unseen_freq, d.qa_rare) for d in runs], v.size, rho, model.dtype)
-    n_freq = torch.tensor([len(d.qa_unseen_freq) for d in runs])
-    is_freq = (torch.arange(test.shape[1])[None, :] < n_freq[:, None]).numpy()
-    is_rare = (test.kind >= 0).numpy() & ~is_freq
-    answer = test.y_idx[:, 0].view(B, -1).numpy()
+    train = fast.Batch.build(d.qa_train, v.size, v.rho, model.dtype)
+    test = fast.Batch.build(_cat(d.qa_unseen_freq, d.qa_rare), v.size, v.rho, model.dtype)
+    is_freq = np.arange(test.shape[0]) < len(d.qa_unseen_freq)
+    answer = test.y_idx[:, 0].numpy()
     S_train = _fixed_attention(model, params, train, cfg.train_W)
     S_test = _fixed_attention(model, params, test, cfg.train_W)
     loss, acc_f, acc_r, preds = [], [], [], []
-    sv0, align = np.full((B, 1), np.nan), np.full(B, np.nan)
+    sv0, align = np.full(1, np.nan), np.nan
     ev = out = None
     for t in range(cfg.steps + 1):
         ev = _step(model, params, test, grad=False, S=S_test, reuse=ev, loss=False)
         pred = ev.pred.numpy()
         hit = pred == answer
         acc_f.append(_mean(hit, is_freq))
-        acc_r.append(_mean(hit, is_rare))
+        acc_r.append(_mean(hit, ~is_freq))
         preds.append(pred)                   # a new array at every step
         out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
         if t == 0:
-            start = out.loss
-        _check_finite(out.loss, t, "fine-tuning", cfg.eta, start)
+            start = float(out.loss)
+        _check_finite(float(out.loss), t, "fine-tuning", cfg.eta, start, run)
         if t % 10 == 0 or t == cfg.steps:
-            _check_norm(params, size0, t, "fine-tuning", cfg.eta)
+            _check_norm(params, size0, t, "fine-tuning", cfg.eta, run)
         loss.append(out.loss.numpy().copy())
         if t == cfg.steps:
             break
@@ -351,15 +395,15 @@ def finetune(params: dict[str, torch.Tensor], data: KnowledgeData | list[Knowled
             gV, rows = out.grads["V"], out.rows.get("V")
             sv0, align = metrics.gradient_spectrum(gV if rows is None else fast.whole(gV, rows), v.q)
         _descend(params, out, cfg.eta, cfg.rank1)
-    return params, FTHistory(np.array(loss), np.array(acc_f), np.array(acc_r), np.array(preds), sv0, align,
-                             n_freq.numpy(), len(runs[0].qa_rare))
+    return FTHistory(np.array(loss)[:, None], np.array(acc_f)[:, None],
+                     np.array(acc_r)[:, None], np.array(preds)[:, None], sv0[None], np.array([align], dtype=float),
+                     np.array([len(d.qa_unseen_freq)]), np.array([len(d.qa_rare)]))
 
 
-def _mean(hit: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """Accuracy over the selected rows of each run, in float32; NaN for a run with none."""
-    n = sel.sum(1)
-    acc = (hit & sel).sum(1).astype(np.float32) / np.maximum(n, 1).astype(np.float32)
-    return np.where(n > 0, acc, np.float32(np.nan))
+def _mean(hit: np.ndarray, sel: np.ndarray) -> np.float32:
+    """Accuracy over the selected rows, in float32; NaN when none is selected."""
+    n = int(sel.sum())
+    return np.float32(int((hit & sel).sum())) / np.float32(n) if n else np.float32(np.nan)
 
 
 def _cat(a: Samples, b: Samples) -> Samples:

@@ -100,7 +100,7 @@ def _qa_attention(params: dict[str, torch.Tensor], d: KnowledgeData) -> np.ndarr
     """(S_s, S_q) of the input (s_i, q) of every fact, (N, 2), from the fixed W."""
     qa = d.qa(np.arange(d.cfg.N))
     batch = fast.Batch.build(qa, d.vocab.size, d.vocab.rho, torch.float64)
-    return fast.attention(params["W"].double(), batch)[0].numpy()
+    return fast.attention(params["W"][0].double(), batch).numpy()
 
 
 def _curves(params: dict[str, torch.Tensor], d: KnowledgeData, model: ModelConfig, cfg: FTConfig) -> dict:

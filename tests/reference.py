@@ -1,5 +1,6 @@
 """Independent references for the tests: Lemma 1 as a per-sample numpy loop, the autograd
-loss of ``kaol.model.forward`` on one run's samples, and small shared configurations."""
+loss of ``kaol.model.forward`` on one run's samples, small shared configurations and one
+run's parameters out of stacked runs."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,12 @@ from kaol.objective import cross_entropy, weighted_mean
 
 SMALL = DataConfig(N_f=6, N_r=3, R=5, K=2, N_ft=3)
 """A small data set (vocabulary of 25 tokens) that keeps every test fast."""
+
+
+def one_run(params: dict[str, torch.Tensor], b: int = 0) -> dict[str, torch.Tensor]:
+    """Run ``b``'s parameters out of ``B`` runs stacked along a leading axis (``init_params``,
+    ``pretrain``): what ``kaol.model.forward`` and ``kaol.fast.run`` take."""
+    return {k: p[b] for k, p in params.items()}
 
 
 def lemma1_loop(W: np.ndarray, V: np.ndarray, s: Samples, rho: np.ndarray, lam: float
@@ -54,11 +61,11 @@ def lemma1_loop(W: np.ndarray, V: np.ndarray, s: Samples, rho: np.ndarray, lam: 
 def autograd_one(model: ModelConfig, W: torch.Tensor, V: torch.Tensor, s: Samples, rho: torch.Tensor
                  ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Loss (weighted mean CE, App. J) and autograd gradients of one run's samples, via ``kaol.model.forward``."""
-    Wl, Vl = W.detach().clone()[None].requires_grad_(True), V.detach().clone()[None].requires_grad_(True)
+    Wl, Vl = W.detach().clone().requires_grad_(True), V.detach().clone().requires_grad_(True)
     logits, _ = forward(model, {"W": Wl, "V": Vl}, s.tokens, s.mask, rho)
-    loss = weighted_mean(cross_entropy(logits[0], s.y_idx, s.y_prob), s.weight)
+    loss = weighted_mean(cross_entropy(logits, s.y_idx, s.y_prob), s.weight)
     gW, gV = torch.autograd.grad(loss, [Wl, Vl])
-    return float(loss.detach()), gW[0], gV[0]
+    return float(loss.detach()), gW, gV
 
 
 def optimal_probs(data: KnowledgeData, s: Samples) -> torch.Tensor:

@@ -9,7 +9,7 @@ from kaol.data import make_data
 from kaol.model import ARCHS, ModelConfig, forward, init_params
 from kaol.train import Schedule, pretrain
 
-from .reference import SMALL
+from .reference import SMALL, one_run
 
 OTHERS = [a for a in ARCHS if a != "simplified"]
 
@@ -17,17 +17,18 @@ OTHERS = [a for a in ARCHS if a != "simplified"]
 @pytest.mark.parametrize("context", [True, False], ids=["context", "three-token"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_shapes_and_attention(arch: str, context: bool) -> None:
-    """Logits (B, n, vocab_size); attention (B, n, L) is a distribution over the real tokens only."""
+    """Logits (n, vocab_size); attention (n, L) is a distribution over the real tokens only."""
     data = make_data(SMALL.with_(context=context))
     v, s = data.vocab, data.pretrain
     model = ModelConfig(arch=arch, dtype=torch.float64, sigma0=0.3)
     params = init_params(model, v.size, B=2, seed=0)
-    logits, S = forward(model, params, s.tokens, s.mask, v.rho)
+    logits, S = zip(*(forward(model, one_run(params, b), s.tokens, s.mask, v.rho) for b in range(2)))
     n, L = s.tokens.shape
-    assert logits.shape == (2, n, v.size) and S.shape == (2, n, L)
-    assert torch.isfinite(logits).all()
-    assert torch.allclose(S.double().sum(-1), torch.ones(2, n, dtype=torch.float64), atol=1e-6)
-    assert float(S[:, ~s.mask].abs().max()) == 0.0
+    for b in range(2):
+        assert logits[b].shape == (n, v.size) and S[b].shape == (n, L)
+        assert torch.isfinite(logits[b]).all()
+        assert torch.allclose(S[b].double().sum(-1), torch.ones(n, dtype=torch.float64), atol=1e-6)
+        assert float(S[b][~s.mask].abs().max()) == 0.0
     assert not torch.equal(logits[0], logits[1])                       # runs have their own seeds
 
 
@@ -36,9 +37,9 @@ def test_uniform_mlp_attention_is_uniform() -> None:
     data = make_data(SMALL)
     s = data.pretrain
     model = ModelConfig(arch="uniform_mlp", dtype=torch.float64, sigma0=1.0)
-    _, S = forward(model, init_params(model, data.vocab.size, 1, 5), s.tokens, s.mask, data.vocab.rho)
+    _, S = forward(model, one_run(init_params(model, data.vocab.size, 1, 5)), s.tokens, s.mask, data.vocab.rho)
     count = s.mask.sum(-1, keepdim=True).double()
-    assert torch.allclose(S[0].double(), s.mask.double() / count, rtol=0, atol=1e-7)
+    assert torch.allclose(S.double(), s.mask.double() / count, rtol=0, atol=1e-7)
     assert set(count.flatten().tolist()) == {2.0, 3.0}
 
 
@@ -58,6 +59,6 @@ def test_attention_dtype_follows_model(arch: str) -> None:
     """Logits and attention come in the model's dtype (a float64 run stays float64)."""
     data = make_data(SMALL)
     model = ModelConfig(arch=arch, dtype=torch.float64)
-    logits, S = forward(model, init_params(model, data.vocab.size), data.pretrain.tokens, data.pretrain.mask,
-                        data.vocab.rho)
+    logits, S = forward(model, one_run(init_params(model, data.vocab.size)), data.pretrain.tokens,
+                        data.pretrain.mask, data.vocab.rho)
     assert logits.dtype == torch.float64 and S.dtype == torch.float64

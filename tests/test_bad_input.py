@@ -123,7 +123,9 @@ def test_exploding_finetuning_stops_and_is_not_cached(_cache: Path) -> None:
 
 
 def test_batch_build_refuses_out_of_range_ids() -> None:
-    """The compiled loop has no bounds checks: an out-of-range target once gave a wrong loss or a segfault."""
+    """The compiled loop has no bounds checks: an out-of-range target once gave a wrong loss or a segfault.
+    It reads ``x_L`` at the last position and takes one run's ``Samples``: a row without its last token,
+    or a list of runs (the former batched interface), is refused too."""
     d = make_data(TINY)
     vocab_size = d.vocab.size
     s = d.qa_train
@@ -135,10 +137,42 @@ def test_batch_build_refuses_out_of_range_ids() -> None:
     bad.tokens[0, -1] = -1
     with pytest.raises(ValueError, match=r"token ids"):
         fast.Batch.build(bad, vocab_size, d.vocab.rho, torch.float32)
+    bad = replace(s, mask=s.mask.clone())
+    bad.mask[0, -1] = False
+    with pytest.raises(ValueError, match=r"last token x_L.*mask\[:, -1\]"):
+        fast.Batch.build(bad, vocab_size, d.vocab.rho, torch.float32)
     rho = d.vocab.rho.clone()
     rho[0] = math.nan
-    with pytest.raises(ValueError, match=r"rho\[0\]"):
+    with pytest.raises(ValueError, match=r"rho must hold finite norms > 0"):
         fast.Batch.build(s, vocab_size, rho, torch.float32)
+    with pytest.raises(ValueError, match=rf"rho has shape \(2, {vocab_size}\)"):
+        fast.Batch.build(s, vocab_size, d.vocab.rho.expand(2, -1), torch.float32)
+    with pytest.raises(TypeError, match=r"one run's Samples.*not list"):
+        fast.Batch.build([s, s], vocab_size, d.vocab.rho, torch.float32)
+
+
+
+def test_core_refuses_stacked_parameters() -> None:
+    """The core takes one run: stacked parameters (B, ...) passed whole once made ``fast.descend``
+    write past its rows (no bounds checks) and ``metrics.rank1`` treat the runs as rows. Each
+    now says what it needs."""
+    from kaol import metrics
+    d = make_data(TINY)
+    v = d.vocab
+    p = init_params(ModelConfig(), v.size, 2, 0)
+    batch = fast.Batch.build(d.pretrain, v.size, v.rho, torch.float32)
+    with pytest.raises(ValueError, match=r"not one run's .*params\[name\]\[b\]"):
+        fast.run(p["W"], p["V"], batch, 1.0)
+    g = torch.ones(len(batch.rows), ModelConfig().m, v.size)
+    with pytest.raises(ValueError, match=r"descend needs one run's parameter"):
+        fast.descend(p["V"].clone(), g, 0.1, batch.rows)
+    with pytest.raises(ValueError, match=r"descend needs"):
+        fast.descend(p["V"][0].clone(), g, 0.1, batch.rows + v.size)        # rows out of range
+    with pytest.raises(ValueError, match=r"descend needs"):
+        fast.descend(p["V"][0].clone(), g.double(), 0.1, batch.rows)         # another dtype
+    for fn in (metrics.rank1, lambda x: metrics.gradient_spectrum(x, v.q)):
+        with pytest.raises(ValueError, match=r"one run's V gradient .*g\[b\]"):
+            fn(p["V"])
 
 
 # ---------------------------------------------------------------- sweeps

@@ -12,14 +12,14 @@ from kaol import fast
 from kaol.data import DataConfig, make_data
 from kaol.model import ModelConfig, forward, init_params
 
-from .reference import SMALL, autograd_one, lemma1_loop
+from .reference import SMALL, autograd_one, lemma1_loop, one_run
 
 TOL = 1e-10          # absolute, float64; gradients are O(1e-1) at these scales
 
 
-def _params(model: ModelConfig, vocab_size: int, B: int, seed: int) -> dict[str, torch.Tensor]:
-    """Initial parameters at a scale where attention is far from uniform and ReLUs are mixed."""
-    return init_params(model, vocab_size, B, seed)
+def _params(model: ModelConfig, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """One run's initial parameters (``init_params`` without the run axis): what ``fast.run`` takes."""
+    return one_run(init_params(model, vocab_size, 1, seed))
 
 
 CONFIGS = [
@@ -38,13 +38,14 @@ def test_fast_matches_autograd(cfg: DataConfig, model: ModelConfig) -> None:
     """Loss, dL/dW and dL/dV of ``fast.run`` equal autograd on the plain model (Sec. 2, Lemma 1)."""
     data = make_data(cfg)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=3)
+    p = _params(model, v.size, seed=3)
     batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
     out = fast.run(p["W"], p["V"], batch, model.lam)
-    loss, gW, gV = autograd_one(model, p["W"][0], p["V"][0], data.pretrain, v.rho)
-    assert abs(float(out.loss[0]) - loss) < TOL
-    assert torch.allclose(out.gW[0], gW, rtol=0, atol=TOL)
-    assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
+    loss, gW, gV = autograd_one(model, p["W"], p["V"], data.pretrain, v.rho)
+    assert out.loss.shape == () and out.gW.shape == gW.shape and out.gV.shape == gV.shape
+    assert abs(float(out.loss) - loss) < TOL
+    assert torch.allclose(out.gW, gW, rtol=0, atol=TOL)
+    assert torch.allclose(out.gV, gV, rtol=0, atol=TOL)
     assert gW.abs().max() > 1e-3 and gV.abs().max() > 1e-3          # the comparison is not of zeros
 
 
@@ -53,32 +54,32 @@ def test_fast_matches_lemma1_loop(cfg: DataConfig, model: ModelConfig) -> None:
     """``fast.run`` equals the explicit Lemma 1 formulas evaluated sample by sample in numpy."""
     data = make_data(cfg)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=5)
+    p = _params(model, v.size, seed=5)
     batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
     out = fast.run(p["W"], p["V"], batch, model.lam)
-    loss, gW, gV = lemma1_loop(p["W"][0].numpy(), p["V"][0].numpy(), data.pretrain, v.rho.numpy(), model.lam)
-    assert abs(float(out.loss[0]) - loss) < TOL
-    np.testing.assert_allclose(out.gW[0].numpy(), gW, rtol=0, atol=TOL)
-    np.testing.assert_allclose(out.gV[0].numpy(), gV, rtol=0, atol=TOL)
+    loss, gW, gV = lemma1_loop(p["W"].numpy(), p["V"].numpy(), data.pretrain, v.rho.numpy(), model.lam)
+    assert abs(float(out.loss) - loss) < TOL
+    np.testing.assert_allclose(out.gW.numpy(), gW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)
 
 
-def test_batched_runs_with_own_data_and_padding() -> None:
-    """Runs stacked in one batch, each with its own data, context norm ``rho_c`` and row count
-    (padding rows), give each run's own loss and gradients (the padding rows contribute nothing)."""
+def test_runs_with_own_data_match_autograd() -> None:
+    """Runs with their own data, context norm ``rho_c`` and row count, each passed to ``fast.run``
+    alone (as ``kaol.train`` does), give that run's autograd loss and gradients; trained in one
+    call they equal each run trained alone (``tests/test_train.py``)."""
     model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float64)
     datas = [make_data(SMALL.with_(K=k, seed=s, rho_c=r)) for k, s, r in [(2, 0, 5.0), (3, 1, 2.0), (1, 2, 5.0),
                                                                           (5, 3, 8.0)]]
     v = datas[0].vocab
     assert len({d.vocab.size for d in datas}) == 1 and len({len(d.pretrain) for d in datas}) == 4
-    p = _params(model, v.size, len(datas), seed=11)
-    batch = fast.Batch.build([d.pretrain for d in datas], v.size, [d.vocab.rho for d in datas], torch.float64)
-    assert (batch.kind == -1).any()                                  # some runs are padded
-    out = fast.run(p["W"], p["V"], batch, model.lam)
+    params = init_params(model, v.size, len(datas), seed=11)
     for b, d in enumerate(datas):
-        loss, gW, gV = autograd_one(model, p["W"][b], p["V"][b], d.pretrain, d.vocab.rho)
-        assert abs(float(out.loss[b]) - loss) < TOL
-        assert torch.allclose(out.gW[b], gW, rtol=0, atol=TOL)
-        assert torch.allclose(out.gV[b], gV, rtol=0, atol=TOL)
+        p = one_run(params, b)
+        out = fast.run(p["W"], p["V"], fast.Batch.build(d.pretrain, v.size, d.vocab.rho, torch.float64), model.lam)
+        loss, gW, gV = autograd_one(model, p["W"], p["V"], d.pretrain, d.vocab.rho)
+        assert abs(float(out.loss) - loss) < TOL
+        assert torch.allclose(out.gW, gW, rtol=0, atol=TOL)
+        assert torch.allclose(out.gV, gV, rtol=0, atol=TOL)
 
 
 def test_qa_gradient_with_fixed_attention() -> None:
@@ -86,14 +87,14 @@ def test_qa_gradient_with_fixed_attention() -> None:
     model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float64)
     data = make_data(SMALL)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=2)
+    p = _params(model, v.size, seed=2)
     batch = fast.Batch.build(data.qa_train, v.size, v.rho, torch.float64)
     S = fast.attention(p["W"], batch)
     out = fast.run(p["W"], p["V"], batch, model.lam, grad_W=False, S=S)
     assert out.gW is None
-    loss, _, gV = autograd_one(model, p["W"][0], p["V"][0], data.qa_train, v.rho)
-    assert abs(float(out.loss[0]) - loss) < TOL
-    assert torch.allclose(out.gV[0], gV, rtol=0, atol=TOL)
+    loss, _, gV = autograd_one(model, p["W"], p["V"], data.qa_train, v.rho)
+    assert abs(float(out.loss) - loss) < TOL
+    assert torch.allclose(out.gV, gV, rtol=0, atol=TOL)
 
 
 def test_negligible_tokens_left_out_exactly() -> None:
@@ -103,8 +104,8 @@ def test_negligible_tokens_left_out_exactly() -> None:
     model = ModelConfig(m=3, sigma0=0.5, dtype=torch.float32)
     data = make_data(SMALL)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=4)
-    p["W"][0, v.c, :] = -20.0          # the context weighs about e^-(20 rho_c) of the others
+    p = _params(model, v.size, seed=4)
+    p["W"][v.c, :] = -20.0             # the context weighs about e^-(20 rho_c) of the others
     batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float32)
     S = fast.attention(p["W"], batch)
     a = S * batch.rho_tokens
@@ -112,11 +113,11 @@ def test_negligible_tokens_left_out_exactly() -> None:
     assert tiny.sum() >= 10 and bool((a[tiny] < torch.finfo(torch.float32).tiny).any())   # subnormal weights
     out = fast.run(p["W"], p["V"], batch, model.lam)
     m64 = model.with_(dtype=torch.float64)
-    loss, gW, gV = autograd_one(m64, p["W"][0].double(), p["V"][0].double(), data.pretrain, v.rho)
-    assert abs(float(out.loss[0]) - loss) < 1e-6 * loss
-    assert torch.allclose(out.gV[0].double(), gV, rtol=0, atol=1e-6 * float(gV.abs().max()))
-    assert torch.allclose(out.gW[0].double(), gW, rtol=0, atol=1e-6 * float(gW.abs().max()))
-    assert float(out.gW[0, v.c].abs().max()) == 0.0     # the context row of W: only tiny-weight terms
+    loss, gW, gV = autograd_one(m64, p["W"].double(), p["V"].double(), data.pretrain, v.rho)
+    assert abs(float(out.loss) - loss) < 1e-6 * loss
+    assert torch.allclose(out.gV.double(), gV, rtol=0, atol=1e-6 * float(gV.abs().max()))
+    assert torch.allclose(out.gW.double(), gW, rtol=0, atol=1e-6 * float(gW.abs().max()))
+    assert float(out.gW[v.c].abs().max()) == 0.0        # the context row of W: only tiny-weight terms
 
 
 @pytest.mark.parametrize("context", [True, False], ids=["context", "three-token"])
@@ -126,18 +127,18 @@ def test_uniform_mlp_matches_autograd(context: bool) -> None:
     model = ModelConfig(arch="uniform_mlp", m=3, sigma0=0.5, dtype=torch.float64)
     data = make_data(SMALL.with_(context=context))
     v, s = data.vocab, data.pretrain
-    p = _params(model, v.size, 1, seed=4)
+    p = _params(model, v.size, seed=4)
     batch = fast.Batch.build(s, v.size, v.rho, torch.float64)
     out = fast.run(None, p["V"], batch, model.lam, grad_W=False, S=fast.uniform_attention(batch))
     V = p["V"].clone().requires_grad_(True)
     logits, S = forward(model, {"V": V}, s.tokens, s.mask, v.rho)
     w = s.weight / s.weight.sum()
-    ce = -(s.y_prob * torch.log_softmax(logits[0], -1).gather(1, s.y_idx)).sum(1)
+    ce = -(s.y_prob * torch.log_softmax(logits, -1).gather(1, s.y_idx)).sum(1)
     loss = (w * ce).sum()
     (gV,) = torch.autograd.grad(loss, [V])
     assert out.gW is None and torch.equal(out.S, S)
-    assert abs(float(out.loss[0]) - float(loss)) < TOL
-    assert torch.allclose(out.logits[0], logits[0].detach(), rtol=0, atol=TOL)
+    assert abs(float(out.loss) - float(loss.detach())) < TOL
+    assert torch.allclose(out.logits, logits.detach(), rtol=0, atol=TOL)
     assert torch.allclose(out.gV, gV, rtol=0, atol=TOL) and gV.abs().max() > 1e-3
 
 
@@ -146,7 +147,7 @@ def test_model_without_W_needs_its_attention() -> None:
     model = ModelConfig(arch="uniform_mlp", m=2, dtype=torch.float64)
     data = make_data(SMALL)
     v = data.vocab
-    V = init_params(model, v.size, 1, 0)["V"]
+    V = _params(model, v.size, seed=0)["V"]
     batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64)
     with pytest.raises(ValueError, match="needs its attention S and grad_W=False"):
         fast.run(None, V, batch, model.lam, grad_W=False)
@@ -160,10 +161,10 @@ def test_extra_input_coordinates_get_no_gradient() -> None:
     model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float64)
     data = make_data(SMALL)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=0)
+    p = _params(model, v.size, seed=0)
     out = fast.run(p["W"], p["V"], fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64), model.lam)
-    assert float(out.gV[0, v.q].abs().max()) == 0.0
-    assert float(out.gW[0, v.q].abs().max()) == 0.0 and float(out.gW[0, :, v.q].abs().max()) == 0.0
+    assert float(out.gV[v.q].abs().max()) == 0.0
+    assert float(out.gW[v.q].abs().max()) == 0.0 and float(out.gW[:, v.q].abs().max()) == 0.0
 
 
 def test_gradient_rows_are_the_input_tokens() -> None:
@@ -174,14 +175,15 @@ def test_gradient_rows_are_the_input_tokens() -> None:
     model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float64)
     data = make_data(SMALL.with_(N_ft=2))
     v = data.vocab
-    p = _params(model, v.size, 1, seed=0)
+    p = _params(model, v.size, seed=0)
     for samples in (data.pretrain, data.qa_train):
         batch = fast.Batch.build(samples, v.size, v.rho, torch.float64)
+        assert batch.shape == tuple(samples.tokens.shape)               # the run's own rows, no padding
         assert batch.rows.tolist() == sorted(set(samples.tokens[samples.mask].tolist()))
         out = fast.run(p["W"], p["V"], batch, model.lam)
         unused = torch.ones(v.size, dtype=torch.bool)
         unused[batch.rows] = False
-        assert float(out.gV[0, unused].abs().max()) == 0.0
+        assert float(out.gV[unused].abs().max()) == 0.0
     assert batch.rows.tolist() == sorted({v.q, *(v.s(int(i)) for i in data.ft)})
     new = {k: t.clone() for k, t in p.items()}
     step = _step(model, new, batch, grad_W=False)
@@ -199,12 +201,12 @@ def test_fast_matches_lemma1_property(N_f: int, N_r: int, R: int, K: int, contex
     model = ModelConfig(m=m, sigma0=sigma0, lam=lam, dtype=torch.float64)
     data = make_data(cfg)
     v = data.vocab
-    p = init_params(model, v.size, 1, seed)
+    p = _params(model, v.size, seed)
     out = fast.run(p["W"], p["V"], fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64), lam)
-    loss, gW, gV = lemma1_loop(p["W"][0].numpy(), p["V"][0].numpy(), data.pretrain, v.rho.numpy(), lam)
-    assert abs(float(out.loss[0]) - loss) < 1e-9 * max(1.0, loss)
-    np.testing.assert_allclose(out.gW[0].numpy(), gW, rtol=0, atol=TOL)
-    np.testing.assert_allclose(out.gV[0].numpy(), gV, rtol=0, atol=TOL)
+    loss, gW, gV = lemma1_loop(p["W"].numpy(), p["V"].numpy(), data.pretrain, v.rho.numpy(), lam)
+    assert abs(float(out.loss) - loss) < 1e-9 * max(1.0, loss)
+    np.testing.assert_allclose(out.gW.numpy(), gW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)
 
 
 def test_argmax_and_logits_only() -> None:
@@ -214,7 +216,7 @@ def test_argmax_and_logits_only() -> None:
     model = ModelConfig(m=2, sigma0=0.5, dtype=torch.float32)
     data = make_data(SMALL)
     v = data.vocab
-    p = _params(model, v.size, 1, seed=6)
+    p = _params(model, v.size, seed=6)
     p["V"][..., 3] = p["V"][..., 5] = 1.0
     batch = fast.Batch.build(data.pretrain, v.size, v.rho, torch.float32)
     full = fast.run(p["W"], p["V"], batch, model.lam, grad=False)
@@ -223,7 +225,7 @@ def test_argmax_and_logits_only() -> None:
     assert torch.equal(full.pred, full.logits.argmax(-1)) and bool((full.pred == 3).all())
     only = fast.run(p["W"], p["V"], batch, model.lam, grad=False, loss=False)
     assert torch.equal(only.logits, full.logits) and torch.equal(only.pred, full.pred)
-    assert bool(only.loss.isnan().all()) and bool(only.ce.isnan().all())
+    assert bool(only.loss.isnan()) and bool(only.ce.isnan().all())
     with pytest.raises(ValueError, match="grad=True needs loss=True"):
         fast.run(p["W"], p["V"], batch, model.lam, loss=False)
     x = np.array([0.0, 3.0, 1.0, 3.0, 2.0, 0.5, 3.0, 1.0, 2.0, 3.0], np.float32)

@@ -71,19 +71,24 @@ def test_shared_phrase_of_hallucinated_answers() -> None:
 
 def test_loss_gap_sums_to_loss_minus_entropy_and_counts_dead_pairs() -> None:
     """The rows' excess cross-entropy adds up to loss - H (Thm. 2.1); with V = 0 every
-    phrase logit is 0, so all K phrases of every frequent context are dead."""
+    phrase logit is 0, so all K phrases of every frequent context are dead. Two runs with
+    their own K (row counts): the shorter run's rows are padded (weight 0, kind -1)."""
     model = ModelConfig(m=3)
-    data = [make_data(CFG.with_(seed=s)) for s in (0, 1)]
+    data = [make_data(CFG.with_(seed=0)), make_data(CFG.with_(seed=1, K=2))]
+    n = [len(d.pretrain) for d in data]
+    assert n[1] < n[0]
     params, hist = pretrain(data, model, Schedule((2.0, 10.0, 5.0), 2, 10, 20), seed=[0, 1])
     gap = loss_gap(params, data, model)
-    assert np.allclose(gap.gap, hist.loss[-1] - entropy(CFG), atol=1e-5)
+    assert gap.w.shape == (2, n[0]) and (gap.kind[1, n[1]:] == -1).all() and (gap.w[1, n[1]:] == 0).all()
+    assert np.allclose(gap.gap, hist.loss[-1] - [entropy(d.cfg) for d in data], atol=1e-5)
     tab = gap.table()
     assert len(tab) == 2 and (tab["share of the gap"].between(0, 1)).all()
     assert ((gap.dead >= 0) & (gap.dead <= CFG.K)).all() and (gap.dead[gap.kind != CTX_FREQ] == 0).all()
     zero = {"W": params["W"], "V": torch.zeros_like(params["V"])}
     dead = loss_gap(zero, data, model)
-    assert (dead.dead[dead.kind == CTX_FREQ] == CFG.K).all()
-    assert (dead.table()["dead pairs"] == CFG.N_f * CFG.K).all()
+    for b, d in enumerate(data):
+        assert (dead.dead[b][dead.kind[b] == CTX_FREQ] == d.cfg.K).all()
+    assert list(dead.table()["dead pairs"]) == [d.cfg.N_f * d.cfg.K for d in data]
     assert np.allclose(dead.table()["share of the gap"], (dead.w * dead.excess * (dead.kind == CTX_FREQ)).sum(1)
                        / dead.gap)
 

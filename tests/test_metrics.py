@@ -21,13 +21,13 @@ MODEL = ModelConfig(dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
-def ft_gradient() -> tuple[torch.Tensor, int]:
-    """dL/dV of the Q&A loss after a short pre-training, for two runs with their own data (B = 2)."""
+def ft_passes() -> tuple[list[fast.Pass], int]:
+    """The Q&A pass with dL/dV after a short pre-training, of each of two runs with their own data."""
     datas = [make_data(SMALL), make_data(SMALL.with_(seed=1))]
     params, _ = pretrain(datas, MODEL, Schedule(eta=(5.0, 20.0, 10.0), T1=5, T2=20, T=30), seed=[0, 1])
     v = datas[0].vocab
-    batch = fast.Batch.build([d.qa_train for d in datas], v.size, v.rho, torch.float64)
-    return fast.run(params["W"], params["V"], batch, MODEL.lam, grad_W=False).gV, v.q
+    return [fast.run(params["W"][b], params["V"][b], fast.Batch.build(d.qa_train, v.size, d.vocab.rho, torch.float64),
+                     MODEL.lam, grad_W=False) for b, d in enumerate(datas)], v.q
 
 
 def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,41 +35,43 @@ def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _check_rank1(gV: torch.Tensor) -> None:
-    """``rank1`` is ``sigma_1 u_1 v_1^T`` of each run's (inputs x neurons) matrix, and its
+    """``rank1`` is ``sigma_1 u_1 v_1^T`` of one run's (inputs x neurons) matrix, and its
     residual has squared norm ``sum_{k >= 2} sigma_k^2`` (Eckart-Young)."""
     R1 = metrics.rank1(gV)
-    B, vocab_size, m, _ = gV.shape
-    for b in range(B):
-        M = gV[b].reshape(vocab_size, m * vocab_size).numpy()
-        U, s, Vt = _svd(M)
-        best = s[0] * np.outer(U[:, 0], Vt[0])
-        got = R1[b].reshape(vocab_size, m * vocab_size).numpy()
-        scale = max(s[0], 1e-300)
-        np.testing.assert_allclose(got, best, rtol=0, atol=1e-10 * scale)
-        assert np.linalg.matrix_rank(got, tol=1e-8 * scale) == (1 if s[0] > 0 else 0)
-        resid = np.linalg.norm(M - got) ** 2
-        assert resid == pytest.approx((s[1:] ** 2).sum(), rel=1e-9, abs=1e-12 * scale ** 2)
+    M = gV.reshape(gV.shape[0], -1).numpy()
+    U, s, Vt = _svd(M)
+    best = s[0] * np.outer(U[:, 0], Vt[0])
+    got = R1.reshape(gV.shape[0], -1).numpy()
+    scale = max(s[0], 1e-300)
+    np.testing.assert_allclose(got, best, rtol=0, atol=1e-10 * scale)
+    assert np.linalg.matrix_rank(got, tol=1e-8 * scale) == (1 if s[0] > 0 else 0)
+    resid = np.linalg.norm(M - got) ** 2
+    assert resid == pytest.approx((s[1:] ** 2).sum(), rel=1e-9, abs=1e-12 * scale ** 2)
 
 
-def test_rank1_is_top_singular_triplet(ft_gradient) -> None:
-    gV, _ = ft_gradient
-    assert float(gV.abs().max()) > 1e-6
-    _check_rank1(gV)
+def test_rank1_is_top_singular_triplet(ft_passes) -> None:
+    """Also on the gradient given on its rows only (``Pass.gV_rows``, what rank-1 fine-tuning
+    passes): the same rows, bit for bit."""
+    outs, _ = ft_passes
+    for out in outs:
+        assert float(out.gV.abs().max()) > 1e-6
+        _check_rank1(out.gV)
+        assert torch.equal(metrics.rank1(out.gV_rows), metrics.rank1(out.gV)[out.rows])
 
 
-def test_spectrum_and_alignment(ft_gradient) -> None:
-    """``gradient_spectrum`` gives the singular values and ``|<u_1, e_q>|`` (Prop. 3)."""
-    gV, q = ft_gradient
-    sv, align = metrics.gradient_spectrum(gV, q)
-    B, vocab_size, m, _ = gV.shape
-    for b in range(B):
-        U, s, _ = _svd(gV[b].reshape(vocab_size, m * vocab_size).numpy())
-        k = min(len(s), sv.shape[1])
-        np.testing.assert_allclose(sv[b, :k], s[:k], rtol=1e-10, atol=1e-14)
-        assert np.all(s[k:] < 1e-12 * s[0])                            # dropped rows were zero rows
-        assert align[b] == pytest.approx(abs(U[q, 0]), abs=1e-10)
-    share = metrics.rank1_share(sv)
-    assert np.all((share > 0) & (share <= 1))
+def test_spectrum_and_alignment(ft_passes) -> None:
+    """``gradient_spectrum`` gives the singular values over the run's own non-zero rows of dL/dV
+    and ``|<u_1, e_q>|`` (Prop. 3)."""
+    outs, q = ft_passes
+    for out in outs:
+        sv, align = metrics.gradient_spectrum(out.gV, q)
+        vocab_size, m, _ = out.gV.shape
+        U, s, _ = _svd(out.gV.reshape(vocab_size, m * vocab_size).numpy())
+        assert len(sv) == len(out.rows)                                  # one per input token of the Q&A set
+        np.testing.assert_allclose(sv, s[:len(sv)], rtol=1e-10, atol=1e-14)
+        assert np.all(s[len(sv):] < 1e-12 * s[0])                        # dropped rows were zero rows
+        assert align == pytest.approx(abs(U[q, 0]), abs=1e-10)
+        assert 0 < metrics.rank1_share(sv) <= 1
 
 
 @pytest.mark.parametrize("gap", [1e-1, 1e-4, 1e-7])
@@ -82,16 +84,17 @@ def test_rank1_nearly_degenerate(gap: float) -> None:
     U, _ = np.linalg.qr(rng.standard_normal((vocab_size, vocab_size)))
     V, _ = np.linalg.qr(rng.standard_normal((m * vocab_size, vocab_size)))
     s = np.concatenate([[1.0, math.sqrt(1 - gap)], np.linspace(0.5, 0.01, vocab_size - 2)])
-    gV = torch.from_numpy((U * s) @ V.T).reshape(1, vocab_size, m, vocab_size)
-    R1 = metrics.rank1(gV)[0].reshape(vocab_size, -1).numpy()
+    gV = torch.from_numpy((U * s) @ V.T).reshape(vocab_size, m, vocab_size)
+    R1 = metrics.rank1(gV).reshape(vocab_size, -1).numpy()
     np.testing.assert_allclose(R1, np.outer(U[:, 0], V[:, 0]), rtol=0, atol=1e-14 / gap)
 
 
-@given(B=st.integers(1, 3), vocab_size=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
+@given(U=st.integers(1, 7), vocab_size=st.integers(2, 7), m=st.integers(1, 3), zero_rows=st.integers(0, 3),
        seed=st.integers(0, 10_000))
-def test_rank1_property(B: int, vocab_size: int, m: int, zero_rows: int, seed: int) -> None:
-    """Property: Eckart-Young holds for random gradients, including rows that are zero in every run."""
+def test_rank1_property(U: int, vocab_size: int, m: int, zero_rows: int, seed: int) -> None:
+    """Property: Eckart-Young holds for random gradients given on ``U`` rows (the whole
+    ``vocab_size`` or ``Pass.gV_rows``), including zero rows."""
     g = torch.Generator().manual_seed(seed)
-    gV = torch.randn(B, vocab_size, m, vocab_size, generator=g, dtype=torch.float64)
-    gV[:, : min(zero_rows, vocab_size - 1)] = 0
+    gV = torch.randn(U, m, vocab_size, generator=g, dtype=torch.float64)
+    gV[: min(zero_rows, U - 1)] = 0
     _check_rank1(gV)
