@@ -219,20 +219,19 @@ def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad:
     loops pass the previous step's, which saves the page faults of fresh buffers of several MB
     at every step).
     """
-    if V.dim() != 3 or (W is not None and W.dim() != 2):
-        raise ValueError(f"parameters W {tuple(W.shape) if W is not None else None} and V {tuple(V.shape)} are not "
-                         "one run's (vocab_size, vocab_size) and (vocab_size, m, vocab_size): index run b of "
-                         "stacked parameters with params[name][b]")
-    vocab_size, m, _ = V.shape
+    vocab_size = batch.vocab_size
+    W_shape = None if W is None else tuple(W.shape)
+    if V.dim() != 3 or (V.shape[0], V.shape[2]) != (vocab_size, vocab_size) \
+            or W_shape not in (None, (vocab_size, vocab_size)):
+        raise ValueError(f"parameters W {W_shape} and V {tuple(V.shape)} are not one run's (vocab_size, vocab_size) "
+                         f"and (vocab_size, m, vocab_size) over the batch's vocabulary of {vocab_size} tokens: "
+                         f"index run b of stacked parameters with params[name][b]")
+    m = V.shape[1]
     n, L = batch.shape
     if grad and not loss:
         raise ValueError("grad=True needs loss=True: the gradients come from the softmax")
     if W is None and (S is None or (grad and grad_W)):
         raise ValueError("W = None (a model without W) needs its attention S and grad_W=False")
-    W_shape = (vocab_size, vocab_size) if W is None else tuple(W.shape)
-    if vocab_size != batch.vocab_size or W_shape != (vocab_size, vocab_size) or V.shape[2] != vocab_size:
-        raise ValueError(f"parameters W {W_shape} and V {tuple(V.shape)} are not one run's (vocab_size, vocab_size) "
-                         f"and (vocab_size, m, vocab_size) over the batch's vocabulary of {batch.vocab_size} tokens")
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
     S = attention(W, batch) if S is None else S

@@ -23,6 +23,7 @@ import torch
 from .data import CTX_FREQ, CTX_RARE, KnowledgeData
 from .fast import Batch, attention, run
 from .model import ModelConfig
+from .train import pad_cat
 
 OUTPUTS = ("correct", "relation phrase", "answer of a fine-tuning fact", "answer of another unseen fact",
            "subject", "q or c")
@@ -162,14 +163,6 @@ def _mean_where(x: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return np.where(n > 0, (x * sel).sum(1) / np.maximum(n, 1), np.nan)
 
 
-def _padded(rows: list[np.ndarray], fill: float) -> np.ndarray:
-    """Per-run arrays of rows (n_b,) as one (B, max n_b), ``fill`` past a run's own rows."""
-    out = np.full((len(rows), max(len(r) for r in rows)), fill, dtype=rows[0].dtype)
-    for b, r in enumerate(rows):
-        out[b, :len(r)] = r
-    return out
-
-
 def loss_gap(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> LossGap:
     """The rows' share of the gap to ``H`` and the dead (subject, phrase) pairs of ``B``
     pre-trained runs (``params`` with a leading run axis, one data set per run)."""
@@ -183,8 +176,8 @@ def loss_gap(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: 
         phrases = torch.tensor(np.stack([[d.vocab.r(int(k)) for k in d.phrases[int(i)]] for i in batch.fact[rows]]))
         dead[rows] = (out.logits[rows[:, None], phrases] == 0).sum(1)
         for k, x in (("w", batch.w.double()), ("excess", out.ce.double() - optimum), ("dead", dead), ("kind", batch.kind)):
-            cols[k].append(x.numpy())
-    return LossGap(*(_padded(cols[k], -1 if k == "kind" else 0) for k in ("w", "excess", "dead", "kind")))
+            cols[k].append(x.numpy()[None])
+    return LossGap(*(pad_cat(cols[k], 0, -1 if k == "kind" else 0) for k in ("w", "excess", "dead", "kind")))
 
 
 def relation_mass(params: dict[str, torch.Tensor], data: list[KnowledgeData], model: ModelConfig) -> np.ndarray:

@@ -146,18 +146,18 @@ class FTHistory:
     def cat(runs: list["FTHistory"]) -> "FTHistory":
         """The histories of several runs (same number of steps) as one, runs in order; ``pred``
         padded with -1 and ``sv0`` with 0 (a zero singular value) to the longest run's."""
-        def padded(name: str, fill: float) -> np.ndarray:
-            parts = [getattr(h, name) for h in runs]
-            out = np.full(parts[0].shape[:-2] + (sum(p.shape[-2] for p in parts), max(p.shape[-1] for p in parts)),
-                          fill, dtype=parts[0].dtype)
-            b = 0
-            for p in parts:
-                out[..., b:b + p.shape[-2], :p.shape[-1]] = p
-                b += p.shape[-2]
-            return out
-        return FTHistory(*(np.concatenate([getattr(h, k) for h in runs], 1) for k in ("loss", "acc_freq", "acc_rare")),
-                         padded("pred", -1), padded("sv0", 0.0), np.concatenate([h.align_q for h in runs]),
-                         *(np.concatenate([getattr(h, k) for h in runs]) for k in ("n_freq", "n_rare")))
+        def cat(name: str, axis: int, fill: float = 0.0) -> np.ndarray:
+            return pad_cat([getattr(h, name) for h in runs], axis, fill)
+        return FTHistory(cat("loss", 1), cat("acc_freq", 1), cat("acc_rare", 1), cat("pred", 1, -1), cat("sv0", 0),
+                         cat("align_q", 0), cat("n_freq", 0), cat("n_rare", 0))
+
+
+def pad_cat(parts: list[np.ndarray], axis: int, fill: float) -> np.ndarray:
+    """Per-run arrays joined along ``axis`` (the run axis), each padded with ``fill`` on its last
+    axis to the longest (runs of different sizes: rows, singular values)."""
+    n = max(p.shape[-1] for p in parts)
+    return np.concatenate([np.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, n - p.shape[-1])], constant_values=fill)
+                           for p in parts], axis)
 
 
 def _runs(data: KnowledgeData | list[KnowledgeData], B: int | None) -> list[KnowledgeData]:
