@@ -241,9 +241,10 @@ def test_pool_workers_die_with_their_parent() -> None:
     parent = os.fork()
     if parent == 0:                             # the "parent": starts a worker, then dies
         try:
-            worker = os.fork()
+            me = os.getpid()                        # as run_all passes its own pid: the worker's
+            worker = os.fork()                      # getppid() may already be the reaper's
             if worker == 0:
-                parallel._die_with_parent(os.getppid())
+                parallel._die_with_parent(me)
                 time.sleep(60)
                 os._exit(0)
             os.write(w, str(worker).encode())
