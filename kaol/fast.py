@@ -29,6 +29,7 @@ import ctypes
 import math
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -86,6 +87,12 @@ class Batch:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.tokens.shape)  # type: ignore[return-value]
+
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled pass (``_run``) reads of the batch, as numpy arrays (views, made once)."""
+        return (self.tokens.numpy(), self.rho_tokens.numpy(), self.y_idx.numpy(), self.y_prob.numpy(), self.w.numpy(),
+                self.order, self.bounds, self.dest, self.sums)
 
     @staticmethod
     def build(samples: Samples, vocab_size: int, rho: torch.Tensor, dtype: torch.dtype) -> "Batch":
@@ -166,13 +173,35 @@ class Pass:
     gW: torch.Tensor | None = None
     gV_rows: torch.Tensor | None = None   # (U, m, vocab_size): dL/dV[rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
-    part: torch.Tensor | None = None      # work space: the chunks' partial dL/dV rows
-    dscore: torch.Tensor | None = None    # work space: dL/d(score) of every row
+    work: "_Work | None" = None           # the buffers behind ``ce``, ``logits`` and the gradients
 
     @property
     def gV(self) -> torch.Tensor | None:
         """The whole ``dL/dV`` (vocab_size, m, vocab_size), zero outside ``rows``."""
         return None if self.gV_rows is None else whole(self.gV_rows, self.rows)
+
+
+@dataclass
+class _Work:
+    """``run``'s buffers as tensors and as the numpy views the compiled loop takes: the logits,
+    cross-entropies, ``dL/dV`` rows, ``dL/dW``, the chunks' partial ``dL/dV`` rows and
+    ``dL/d(score)`` of every row. ``key`` is the shapes and type they were made for."""
+
+    key: tuple
+    tensors: tuple[torch.Tensor, ...]
+    arrays: tuple[np.ndarray, ...]
+
+    @staticmethod
+    def get(reuse: "Pass | None", key: tuple) -> "_Work":
+        """``reuse``'s buffers if they were made for ``key`` (their values are stale), else new ones."""
+        old = None if reuse is None else reuse.work
+        if old is not None and old.key == key:
+            return old
+        (n, L, U, m, vocab_size, gW_cols, n_part), dtype = key[:-1], key[-1]
+        tensors = tuple(torch.empty(shape, dtype=dtype) for shape in
+                        ((n, vocab_size), (n,), (U, m, vocab_size), (vocab_size, gW_cols), (n_part, m, vocab_size),
+                         (n, L)))
+        return _Work(key, tensors, tuple(t.numpy() for t in tensors))
 
 
 def whole(g_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -235,33 +264,18 @@ def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad:
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
     S = attention(W, batch) if S is None else S
-    z, ce = _buffer(reuse, "logits", (n, vocab_size), V.dtype), _buffer(reuse, "ce", (n,), V.dtype)
-    gV = _buffer(reuse, "gV_rows", (len(batch.rows) if grad else 0, m, vocab_size), V.dtype).zero_()
-    gW = _buffer(reuse, "gW", (vocab_size, vocab_size if grad and grad_W else 0), V.dtype).zero_()
-    part = _buffer(reuse, "part", (batch.n_part if grad else 0, m, vocab_size), V.dtype).zero_()
-    dscore = _buffer(reuse, "dscore", (n, L), V.dtype).zero_()
+    work = _Work.get(reuse, (n, L, len(batch.rows) if grad else 0, m, vocab_size, vocab_size if grad and grad_W else 0,
+                             batch.n_part if grad else 0, V.dtype))
     pred = torch.empty(n, dtype=torch.long)
-    _rows(batch.tokens.numpy(), S.detach().contiguous().numpy(), batch.rho_tokens.numpy(),
-          V.detach().contiguous().numpy(), batch.y_idx.numpy(), batch.y_prob.numpy(), batch.w.numpy(), lam, loss,
-          grad, batch.order, batch.bounds, batch.dest, z.numpy(), pred.numpy(), ce.numpy(), gV.numpy(), part.numpy(),
-          dscore.numpy())
-    total = _gather(batch.tokens.numpy(), batch.w.numpy(), ce.numpy(), dscore.numpy(), grad, grad and grad_W,
-                    batch.sums, part.numpy(), gV.numpy(), gW.numpy())
-    out = Pass(torch.tensor(total, dtype=V.dtype), ce, S, z, pred, part=part, dscore=dscore)
+    total = _run(*batch.arrays, S.detach().contiguous().numpy(), V.detach().contiguous().numpy(), lam, loss, grad,
+                 grad and grad_W, pred.numpy(), *work.arrays)
+    z, ce, gV, gW = work.tensors[:4]
+    out = Pass(torch.tensor(total, dtype=V.dtype), ce, S, z, pred, work=work)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
         out.gW = gW
     return out
-
-
-def _buffer(reuse: Pass | None, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``reuse.<name>`` when it has this shape and type (its values are stale), else a new
-    uninitialised tensor."""
-    old = None if reuse is None else getattr(reuse, name)
-    if old is not None and old.shape == shape and old.dtype == dtype:
-        return old
-    return torch.empty(shape, dtype=dtype)
 
 
 def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | None = None) -> None:
@@ -398,56 +412,111 @@ def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarra
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _rows(tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray,
-          w: np.ndarray, lam: float, loss: bool, grad: bool, order: np.ndarray, bounds: np.ndarray,
-          dest: np.ndarray, z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray,
-          dscore: np.ndarray) -> None:  # pragma: no cover
-    """The parallel loop behind ``run``, one task per chunk of rows (``Batch``); per row see
-    ``_row``. A chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its own
-    partial rows in ``part`` (shared rows), both zeroed by the caller."""
+def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray, w: np.ndarray, order: np.ndarray,
+         bounds: np.ndarray, dest: np.ndarray, sums: np.ndarray, S: np.ndarray, V: np.ndarray, lam: float, loss: bool,
+         grad: bool, grad_W: bool, pred: np.ndarray, z: np.ndarray, ce: np.ndarray, gV: np.ndarray, gW: np.ndarray,
+         part: np.ndarray, dscore: np.ndarray) -> float:  # pragma: no cover
+    """The compiled pass behind ``run``, in one call.
+
+    The rows go in parallel, one task per chunk of rows (``Batch``; per row see ``_row``): a
+    chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its own partial rows
+    in ``part`` (shared rows). Then, in order: the loss ``sum_i w_i CE_i`` (returned),
+    ``dL/dW[t_l, t_L] += dscore_l`` in row order (Lemma 1), and the shared rows of ``dL/dV`` as
+    the sum of their chunks' partials in chunk order."""
+    gV[:] = 0
+    gW[:] = 0
+    part[:] = 0
+    dscore[:] = 0
     for c in prange(len(bounds) - 1):
         vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
         pre = np.empty((m, vocab_size), V.dtype)
-        buf = np.empty(vocab_size, V.dtype)
+        gw = np.empty(vocab_size, V.dtype)
+        dS = np.empty((L, vocab_size), V.dtype)
         g = np.empty(vocab_size)
         a = np.empty(L, V.dtype)
+        act = np.empty(L, np.int64)
         for ii in range(bounds[c], bounds[c + 1]):
             _row(order[ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[c], z, pred, ce,
-                 gV, part, dscore, pre, buf, g, a)
+                 gV, part, dscore, pre, gw, dS, g, a, act)
+    n, L = tok.shape
+    total = 0.0
+    for i in range(n):
+        total += w[i] * ce[i]
+    if grad_W:
+        for i in range(n):
+            for l in range(L):
+                gW[tok[i, l], tok[i, L - 1]] += dscore[i, l]
+    if grad:
+        for k in prange(sums.shape[0]):
+            out = gV[sums[k, 0]]
+            for c in range(sums.shape[1] - 1):
+                if sums[k, 1 + c] >= 0:
+                    p = part[sums[k, 1 + c]]
+                    for neuron in range(out.shape[0]):
+                        for j in range(out.shape[1]):
+                            out[neuron, j] += p[neuron, j]
+    return total
 
 
 @njit(cache=True, boundscheck=False)
 def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
          y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, dest: np.ndarray, z: np.ndarray,
          pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray,
-         buf: np.ndarray, g: np.ndarray, a: np.ndarray) -> None:  # pragma: no cover
+         gw: np.ndarray, dS: np.ndarray, g: np.ndarray, a: np.ndarray, act: np.ndarray) -> None:  # pragma: no cover
     """Row ``i``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] = sum_l a_l V[t_l, n, j]``,
     the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the cross-entropy (with
     ``loss``); with ``grad``, Lemma 1's ``dL/dV[t_l] += a_l g_j 1[pre > 0]`` (into ``gV`` or
     ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l rho_L`` with
     ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[t_l, n, j]`` (the scores' gradient, Lemma 1). Sums
-    over ``j`` run elementwise or through ``_sum``, over ``n`` and ``l`` in index order, tokens of a
-    ``NEGLIGIBLE`` weight left out. ``pre``, ``buf``, ``g``, ``a`` are work buffers."""
+    over ``j`` run elementwise or through ``_sum``, over ``n`` and ``l`` in index order, tokens of
+    a ``NEGLIGIBLE`` weight left out (``act`` lists the others). Both passes go neuron by neuron,
+    and for the two or three tokens of the book's inputs (``na <= 3``) in one pass over ``j`` that
+    reads each token's slice of ``V`` (and of ``dL/dV``) once; ``pre`` keeps the pre-activations
+    from the forward pass for the backward pass. ``pre``, ``gw``, ``dS``, ``g``, ``a``, ``act`` are
+    work buffers."""
     vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
     zero = pre.dtype.type(0)
-    pre[:] = zero
     amax = zero
     for l in range(L):
         a[l] = S[i, l] * rho_tok[i, l]
         amax = max(amax, a[l])
+    na = 0
     for l in range(L):
         if a[l] < NEGLIGIBLE * amax:
             a[l] = zero                                # left out: see NEGLIGIBLE
-        al, Vl = a[l], V[tok[i, l]]
-        if al != 0:
+        if a[l] != 0:
+            act[na] = l
+            na += 1
+    s1, s2 = min(1, na - 1), min(2, na - 1)            # up to three tokens by name (repeated if fewer)
+    t0, t1, t2 = tok[i, act[0]], tok[i, act[s1]], tok[i, act[s2]]
+    a0, a1, a2 = a[act[0]], a[act[s1]], a[act[s2]]
+    zi = z[i]
+    zi[:] = zero
+    if na > 3:
+        pre[:] = zero
+        for s in range(na):
+            al, Vl = a[act[s]], V[tok[i, act[s]]]
             for k in range(m):
                 for j in range(vocab_size):
                     pre[k, j] += al * Vl[k, j]
-    zi = z[i]
-    zi[:] = zero
-    for k in range(m):
-        for j in range(vocab_size):
-            zi[j] += max(pre[k, j], zero)
+        for k in range(m):
+            for j in range(vocab_size):
+                zi[j] += max(pre[k, j], zero)
+    else:                                              # the same sums, one pass over j per neuron
+        for k in range(m):
+            V0, V1, V2, prek = V[t0, k], V[t1, k], V[t2, k], pre[k]
+            if na == 3:
+                for j in range(vocab_size):
+                    prek[j] = ((zero + a0 * V0[j]) + a1 * V1[j]) + a2 * V2[j]
+                    zi[j] += max(prek[j], zero)
+            elif na == 2:
+                for j in range(vocab_size):
+                    prek[j] = (zero + a0 * V0[j]) + a1 * V1[j]
+                    zi[j] += max(prek[j], zero)
+            else:
+                for j in range(vocab_size):
+                    prek[j] = zero + a0 * V0[j]
+                    zi[j] += max(prek[j], zero)
     for j in range(vocab_size):
         zi[j] *= lam
     pred[i] = _argmax(zi)
@@ -469,27 +538,53 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
         g[j] /= se                                     # p
     for k in range(y_idx.shape[1]):
         g[y_idx[i, k]] -= y_prob[i, k]                 # p - y
-    gw = lam * w[i]
+    scale = lam * w[i]
     for j in range(vocab_size):
-        buf[j] = g[j] * gw
-    for k in range(m):                                 # pre <- g_j 1[pre > 0]
-        for j in range(vocab_size):
-            pre[k, j] = buf[j] if pre[k, j] > 0 else zero
-    sdS = zero
-    for l in range(L):
-        al = a[l]
-        dscore[i, l] = zero
-        if al == 0:
-            continue
-        t = tok[i, l]
-        Vl, d = V[t], dest[t]
-        gl = gV[d] if d >= 0 else part[-1 - d]
-        buf[:] = zero
+        gw[j] = g[j] * scale
+    dS[:] = zero                                       # dS[s] = dS_l of the token l = act[s]
+    if na <= 3:                                        # one pass for all tokens, as the forward pass
+        G0, G1, G2 = _grad_rows(gV, part, dest, t0), _grad_rows(gV, part, dest, t1), _grad_rows(gV, part, dest, t2)
+        d0, d1, d2 = dS[0], dS[1], dS[2]
+        for k in range(m):
+            V0, V1, V2, prek, G0k, G1k, G2k = V[t0, k], V[t1, k], V[t2, k], pre[k], G0[k], G1[k], G2[k]
+            if na == 3:
+                for j in range(vocab_size):
+                    mk = gw[j] if prek[j] > 0 else zero            # g_j 1[pre > 0]
+                    G0k[j] += a0 * mk
+                    d0[j] += mk * V0[j]
+                    G1k[j] += a1 * mk
+                    d1[j] += mk * V1[j]
+                    G2k[j] += a2 * mk
+                    d2[j] += mk * V2[j]
+            elif na == 2:
+                for j in range(vocab_size):
+                    mk = gw[j] if prek[j] > 0 else zero
+                    G0k[j] += a0 * mk
+                    d0[j] += mk * V0[j]
+                    G1k[j] += a1 * mk
+                    d1[j] += mk * V1[j]
+            else:
+                for j in range(vocab_size):
+                    mk = gw[j] if prek[j] > 0 else zero
+                    G0k[j] += a0 * mk
+                    d0[j] += mk * V0[j]
+    else:
         for k in range(m):
             for j in range(vocab_size):
-                gl[k, j] += al * pre[k, j]
-                buf[j] += pre[k, j] * Vl[k, j]
-        dscore[i, l] = _sum(buf) * rho_tok[i, l]      # dS_l
+                pre[k, j] = gw[j] if pre[k, j] > 0 else zero
+        for s in range(na):
+            t = tok[i, act[s]]
+            al, Vl, gl, dSs = a[act[s]], V[t], _grad_rows(gV, part, dest, t), dS[s]
+            for k in range(m):
+                for j in range(vocab_size):
+                    gl[k, j] += al * pre[k, j]
+                    dSs[j] += pre[k, j] * Vl[k, j]
+    for l in range(L):
+        dscore[i, l] = zero
+    sdS = zero
+    for s in range(na):
+        l = act[s]
+        dscore[i, l] = _sum(dS[s]) * rho_tok[i, l]    # dS_l
         sdS += S[i, l] * dscore[i, l]
     rho_L = rho_tok[i, L - 1]
     for l in range(L):
@@ -497,31 +592,11 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
             dscore[i, l] = S[i, l] * (dscore[i, l] - sdS) * rho_tok[i, l] * rho_L
 
 
-@njit(cache=True, boundscheck=False, parallel=True)
-def _gather(tok: np.ndarray, w: np.ndarray, ce: np.ndarray, dscore: np.ndarray, grad: bool, grad_W: bool,
-            sums: np.ndarray, part: np.ndarray, gV: np.ndarray, gW: np.ndarray) -> float:  # pragma: no cover
-    """After ``_rows``: the loss ``sum_i w_i CE_i`` (returned), the shared rows of ``dL/dV`` as the
-    sum of their chunks' partials in chunk order, and ``dL/dW[t_l, t_L] += dscore_l`` in row
-    order (Lemma 1)."""
-    n, L = tok.shape
-    total = 0.0
-    for i in range(n):
-        total += w[i] * ce[i]
-    if grad_W:
-        for i in range(n):
-            for l in range(L):
-                gW[tok[i, l], tok[i, L - 1]] += dscore[i, l]
-    if grad:
-        C = sums.shape[1] - 1
-        for k in prange(sums.shape[0]):
-            out = gV[sums[k, 0]]
-            for c in range(C):
-                if sums[k, 1 + c] >= 0:
-                    p = part[sums[k, 1 + c]]
-                    for neuron in range(out.shape[0]):
-                        for j in range(out.shape[1]):
-                            out[neuron, j] += p[neuron, j]
-    return total
+@njit(cache=True, boundscheck=False, inline="always")
+def _grad_rows(gV: np.ndarray, part: np.ndarray, dest: np.ndarray, t: int) -> np.ndarray:  # pragma: no cover
+    """Where token ``t``'s ``dL/dV`` row accumulates: its row of ``gV`` or a partial row (``Batch``)."""
+    d = dest[t]
+    return gV[d] if d >= 0 else part[-1 - d]
 
 
 @njit(cache=True, boundscheck=False, parallel=True)

@@ -85,18 +85,24 @@ def _check_one_run(gV: torch.Tensor) -> None:
                          f"{tuple(getattr(gV, 'shape', ()))}: index run b of stacked gradients with g[b]")
 
 
-def _as_matrix(gV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The V gradient as (inputs, neurons) restricted to the input rows that are non-zero."""
+def _as_matrix(gV: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The V gradient as (inputs, neurons) restricted to its non-zero input rows, and the tokens of
+    those rows; ``gV`` is the whole gradient, or with ``rows`` its rows ``rows`` only (``Pass.gV_rows``)."""
     M = gV.reshape(gV.shape[0], -1)
-    rows = torch.nonzero(M.abs().sum(1) > 0).squeeze(1)
-    return M[rows], rows
+    keep = torch.nonzero(M.abs().sum(1) > 0).squeeze(1)
+    return M[keep], keep if rows is None else rows[keep]
 
 
-def gradient_spectrum(gV: torch.Tensor, q: int) -> tuple[np.ndarray, float]:
+def gradient_spectrum(gV: torch.Tensor, q: int, rows: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
     """Singular values of one run's V gradient (vocab_size, m, vocab_size) seen as a (neurons x inputs)
-    matrix, and the alignment ``|<u_1, e_q>|`` of its top right singular vector with ``q`` (Prop. 3)."""
+    matrix, and the alignment ``|<u_1, e_q>|`` of its top right singular vector with ``q`` (Prop. 3).
+    With ``rows``, ``gV`` (U, m, vocab_size) holds the gradient of the rows ``rows`` only (the others
+    are zero), as ``fast.run`` gives it: the result is the same."""
     _check_one_run(gV)
-    M, rows = _as_matrix(gV)
+    if rows is not None and (not isinstance(rows, torch.Tensor) or tuple(rows.shape) != (gV.shape[0],)):
+        raise ValueError(f"rows must be a tensor of the {gV.shape[0]} token ids that gV's rows belong to, "
+                         f"got shape {tuple(getattr(rows, 'shape', ()))}")
+    M, rows = _as_matrix(gV, rows)
     U, s, _ = torch.linalg.svd(M.double(), full_matrices=False)
     iq = (rows == q).nonzero()
     return s.numpy(), float(U[iq[0, 0], 0].abs()) if len(iq) else 0.0

@@ -188,17 +188,25 @@ NORM_LIMIT = 1e6
 
 
 def _check_norm(params: dict[str, torch.Tensor], start: dict[str, float], t: int, what: str, rate: float,
-                run: str) -> None:
-    """Stop on non-finite or exploding parameters, naming the step, the run, the rate and a lower rate to try."""
-    for k, size in _sizes(params).items():
+                run: str, rows: dict[str, torch.Tensor] | None = None) -> None:
+    """Stop on non-finite or exploding parameters, naming the step, the run, the rate and a lower rate to try.
+    ``rows`` names, per parameter, the only rows that have changed since ``start`` (the others, no
+    larger than at the start, cannot trip the check: only those rows are read)."""
+    for k, size in _sizes(params, rows).items():
         if not size <= NORM_LIMIT * (1 + start[k]):
             raise ValueError(f"{what}: parameter {k} reached max |{k}| = {size:.4g} at step {t}{run} "
                              f"with learning rate {rate}: the run diverged, lower that rate (e.g. to {rate / 10:g})")
 
 
-def _sizes(params: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``max |p|`` of one run's parameters, per parameter (from their min and max: no copy of ``|p|``)."""
-    return {k: max(float(p.detach().max()), -float(p.detach().min())) for k, p in params.items()}
+def _sizes(params: dict[str, torch.Tensor], rows: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """``max |p|`` of one run's parameters, per parameter, or of their rows ``rows[name]`` where given
+    (from one pass for min and max: no copy of ``|p|``)."""
+    rows = rows or {}
+    out = {}
+    for k, p in params.items():
+        lo, hi = torch.aminmax(p.detach() if k not in rows else p.detach()[rows[k]])
+        out[k] = max(float(hi), -float(lo))
+    return out
 
 
 def _one(params: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:
@@ -387,13 +395,13 @@ def _finetune_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: Mode
             start = float(out.loss)
         _check_finite(float(out.loss), t, "fine-tuning", cfg.eta, start, run)
         if t % 10 == 0 or t == cfg.steps:
-            _check_norm(params, size0, t, "fine-tuning", cfg.eta, run)
+            _check_norm(params, size0, t, "fine-tuning", cfg.eta, run, out.rows)
         loss.append(out.loss.numpy().copy())
         if t == cfg.steps:
             break
         if t == 0 and "V" in out.grads:
             gV, rows = out.grads["V"], out.rows.get("V")
-            sv0, align = metrics.gradient_spectrum(gV if rows is None else fast.whole(gV, rows), v.q)
+            sv0, align = metrics.gradient_spectrum(gV, v.q, rows)
         _descend(params, out, cfg.eta, cfg.rank1)
     return FTHistory(np.array(loss)[:, None], np.array(acc_f)[:, None],
                      np.array(acc_r)[:, None], np.array(preds)[:, None], sv0[None], np.array([align], dtype=float),

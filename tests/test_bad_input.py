@@ -173,6 +173,8 @@ def test_core_refuses_stacked_parameters() -> None:
     for fn in (metrics.rank1, lambda x: metrics.gradient_spectrum(x, v.q)):
         with pytest.raises(ValueError, match=r"one run's V gradient .*g\[b\]"):
             fn(p["V"])
+    with pytest.raises(ValueError, match=r"rows must be a tensor of the 3 token ids"):
+        metrics.gradient_spectrum(g[:3], v.q, batch.rows)
 
 
 # ---------------------------------------------------------------- sweeps

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kaol import fast
-from kaol.data import DataConfig, make_data
+from kaol.data import DataConfig, _samples, make_data
 from kaol.model import ModelConfig, forward, init_params
 
 from .reference import SMALL, autograd_one, lemma1_loop, one_run
@@ -204,6 +204,28 @@ def test_fast_matches_lemma1_property(N_f: int, N_r: int, R: int, K: int, contex
     p = _params(model, v.size, seed)
     out = fast.run(p["W"], p["V"], fast.Batch.build(data.pretrain, v.size, v.rho, torch.float64), lam)
     loss, gW, gV = lemma1_loop(p["W"].numpy(), p["V"].numpy(), data.pretrain, v.rho.numpy(), lam)
+    assert abs(float(out.loss) - loss) < 1e-9 * max(1.0, loss)
+    np.testing.assert_allclose(out.gW.numpy(), gW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)
+
+
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=12), m=st.integers(1, 3),
+       sigma0=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_long_and_repeated_inputs_match_lemma1(lengths: list[int], m: int, sigma0: float, seed: int) -> None:
+    """Property: inputs of up to six tokens (the book's have two or three, which ``fast`` takes in
+    one fused pass; longer ones take its general path), a token repeated within an input included,
+    give the Lemma 1 loop's loss and gradients."""
+    vocab_size, L = 9, max(lengths)
+    gen = torch.Generator().manual_seed(seed)
+    rows = [(torch.randint(0, vocab_size, (n,), generator=gen).tolist(),
+             {int(torch.randint(0, vocab_size, (), generator=gen)): 1}, 1.0 + i % 3, 0, i)
+            for i, n in enumerate(lengths)]
+    samples = _samples(rows, L)
+    rho = 0.5 + torch.rand(vocab_size, generator=gen, dtype=torch.float64)
+    model = ModelConfig(m=m, sigma0=sigma0, dtype=torch.float64)
+    p = _params(model, vocab_size, seed)
+    out = fast.run(p["W"], p["V"], fast.Batch.build(samples, vocab_size, rho, torch.float64), model.lam)
+    loss, gW, gV = lemma1_loop(p["W"].numpy(), p["V"].numpy(), samples, rho.numpy(), model.lam)
     assert abs(float(out.loss) - loss) < 1e-9 * max(1.0, loss)
     np.testing.assert_allclose(out.gW.numpy(), gW, rtol=0, atol=TOL)
     np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)

@@ -72,6 +72,8 @@ def test_spectrum_and_alignment(ft_passes) -> None:
         assert np.all(s[len(sv):] < 1e-12 * s[0])                        # dropped rows were zero rows
         assert align == pytest.approx(abs(U[q, 0]), abs=1e-10)
         assert 0 < metrics.rank1_share(sv) <= 1
+        sv_rows, align_rows = metrics.gradient_spectrum(out.gV_rows, q, out.rows)   # as fine-tuning calls it
+        assert np.array_equal(sv_rows, sv) and align_rows == align
 
 
 @pytest.mark.parametrize("gap", [1e-1, 1e-4, 1e-7])

@@ -178,6 +178,22 @@ def test_divergent_finetuning_names_rate() -> None:
         finetune(params, data, ModelConfig(), FTConfig(eta=1e39, steps=5))
 
 
+def test_norm_check_reads_changed_rows() -> None:
+    """Fine-tuning checks the size of ``V`` on the rows its gradient changes only (``_check_norm``
+    with ``rows``): their ``max |V|`` is ``_sizes``'s, and a row that grows past ``NORM_LIMIT``
+    times the starting size stops the run as the check over all of ``V`` would."""
+    from kaol.train import NORM_LIMIT, _check_norm, _sizes
+    V = torch.randn(6, 2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = {"V": torch.tensor([1, 4])}
+    assert _sizes({"V": V}, rows)["V"] == float(V[[1, 4]].abs().max())
+    start = _sizes({"V": V})
+    _check_norm({"V": V}, start, 3, "fine-tuning", 0.5, "", rows)        # nothing grew: no error
+    V[4, 1, 2] = -2 * NORM_LIMIT * (1 + start["V"])
+    for check_rows in (None, rows):
+        with pytest.raises(ValueError, match=r"parameter V reached max \|V\| = .* at step 3 with learning rate 0.5"):
+            _check_norm({"V": V}, start, 3, "fine-tuning", 0.5, "", check_rows)
+
+
 def test_divergence_names_the_run() -> None:
     """With several runs the error names the run that diverged: the first in pre-training at a
     rate too large for all; run 1 in fine-tuning when only its parameters are broken (NaN)."""
