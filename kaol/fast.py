@@ -339,15 +339,22 @@ def _exp(x: float) -> float:  # pragma: no cover
 @njit(cache=True, boundscheck=False)
 def _sum(x: np.ndarray) -> float:  # pragma: no cover
     """``sum_j x_j`` in a fixed order that compilers can vectorise without reassociating:
-    eight running sums over ``j mod 8``, then added pairwise."""
-    s = np.zeros(8, x.dtype)
+    eight running sums over ``j mod 8``, then added pairwise. The sums are eight named scalars,
+    which stay in registers: an array of eight would be allocated at every call (five per row)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = x.dtype.type(0)
     n8 = len(x) // 8 * 8
     for j0 in range(0, n8, 8):
-        for lane in range(8):
-            s[lane] += x[j0 + lane]
-    for j in range(n8, len(x)):
-        s[j - n8] += x[j]
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+        s0 += x[j0]
+        s1 += x[j0 + 1]
+        s2 += x[j0 + 2]
+        s3 += x[j0 + 3]
+        s4 += x[j0 + 4]
+        s5 += x[j0 + 5]
+        s6 += x[j0 + 6]
+        s7 += x[j0 + 7]
+    for j in range(n8, n8 + 8):        # the tail into lanes 0, 1, ...; eight rotations restore the order
+        s0, s1, s2, s3, s4, s5, s6, s7 = s1, s2, s3, s4, s5, s6, s7, s0 + x[j] if j < len(x) else s0
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @njit(cache=True, boundscheck=False)
@@ -355,16 +362,26 @@ def _argmax(x: np.ndarray) -> int:  # pragma: no cover
     """The first index of the largest entry of ``x``, as ``torch.argmax`` (with a NaN in ``x``: the
     first index that holds a NaN or the largest number; a run with NaN logits has diverged and
     is stopped). The maximum is taken in eight lanes over ``j mod 8`` (exact: ``max`` does not
-    round) so that the loop vectorises."""
+    round) so that the loop vectorises, held in named scalars as in ``_sum``."""
     n8 = len(x) // 8 * 8
-    best = np.empty(8, x.dtype)
-    best[:] = x[0]
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = x[0]
     for j0 in range(0, n8, 8):
-        for lane in range(8):
-            best[lane] = max(best[lane], x[j0 + lane])
-    mx = best[0]
-    for lane in range(1, 8):
-        mx = max(mx, best[lane])
+        b0 = max(b0, x[j0])
+        b1 = max(b1, x[j0 + 1])
+        b2 = max(b2, x[j0 + 2])
+        b3 = max(b3, x[j0 + 3])
+        b4 = max(b4, x[j0 + 4])
+        b5 = max(b5, x[j0 + 5])
+        b6 = max(b6, x[j0 + 6])
+        b7 = max(b7, x[j0 + 7])
+    mx = b0
+    mx = max(mx, b1)
+    mx = max(mx, b2)
+    mx = max(mx, b3)
+    mx = max(mx, b4)
+    mx = max(mx, b5)
+    mx = max(mx, b6)
+    mx = max(mx, b7)
     for j in range(n8, len(x)):
         mx = max(mx, x[j])
     for j in range(len(x)):
@@ -503,20 +520,20 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
             for j in range(vocab_size):
                 zi[j] += max(pre[k, j], zero)
     else:                                              # the same sums, one pass over j per neuron
+        V0, V1, V2 = V[t0], V[t1], V[t2]
         for k in range(m):
-            V0, V1, V2, prek = V[t0, k], V[t1, k], V[t2, k], pre[k]
             if na == 3:
                 for j in range(vocab_size):
-                    prek[j] = ((zero + a0 * V0[j]) + a1 * V1[j]) + a2 * V2[j]
-                    zi[j] += max(prek[j], zero)
+                    pre[k, j] = ((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j]
+                    zi[j] += max(pre[k, j], zero)
             elif na == 2:
                 for j in range(vocab_size):
-                    prek[j] = (zero + a0 * V0[j]) + a1 * V1[j]
-                    zi[j] += max(prek[j], zero)
+                    pre[k, j] = (zero + a0 * V0[k, j]) + a1 * V1[k, j]
+                    zi[j] += max(pre[k, j], zero)
             else:
                 for j in range(vocab_size):
-                    prek[j] = zero + a0 * V0[j]
-                    zi[j] += max(prek[j], zero)
+                    pre[k, j] = zero + a0 * V0[k, j]
+                    zi[j] += max(pre[k, j], zero)
     for j in range(vocab_size):
         zi[j] *= lam
     pred[i] = _argmax(zi)
@@ -545,29 +562,29 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
     if na <= 3:                                        # one pass for all tokens, as the forward pass
         G0, G1, G2 = _grad_rows(gV, part, dest, t0), _grad_rows(gV, part, dest, t1), _grad_rows(gV, part, dest, t2)
         d0, d1, d2 = dS[0], dS[1], dS[2]
+        V0, V1, V2 = V[t0], V[t1], V[t2]
         for k in range(m):
-            V0, V1, V2, prek, G0k, G1k, G2k = V[t0, k], V[t1, k], V[t2, k], pre[k], G0[k], G1[k], G2[k]
             if na == 3:
                 for j in range(vocab_size):
-                    mk = gw[j] if prek[j] > 0 else zero            # g_j 1[pre > 0]
-                    G0k[j] += a0 * mk
-                    d0[j] += mk * V0[j]
-                    G1k[j] += a1 * mk
-                    d1[j] += mk * V1[j]
-                    G2k[j] += a2 * mk
-                    d2[j] += mk * V2[j]
+                    mk = gw[j] if pre[k, j] > 0 else zero            # g_j 1[pre > 0]
+                    G0[k, j] += a0 * mk
+                    d0[j] += mk * V0[k, j]
+                    G1[k, j] += a1 * mk
+                    d1[j] += mk * V1[k, j]
+                    G2[k, j] += a2 * mk
+                    d2[j] += mk * V2[k, j]
             elif na == 2:
                 for j in range(vocab_size):
-                    mk = gw[j] if prek[j] > 0 else zero
-                    G0k[j] += a0 * mk
-                    d0[j] += mk * V0[j]
-                    G1k[j] += a1 * mk
-                    d1[j] += mk * V1[j]
+                    mk = gw[j] if pre[k, j] > 0 else zero
+                    G0[k, j] += a0 * mk
+                    d0[j] += mk * V0[k, j]
+                    G1[k, j] += a1 * mk
+                    d1[j] += mk * V1[k, j]
             else:
                 for j in range(vocab_size):
-                    mk = gw[j] if prek[j] > 0 else zero
-                    G0k[j] += a0 * mk
-                    d0[j] += mk * V0[j]
+                    mk = gw[j] if pre[k, j] > 0 else zero
+                    G0[k, j] += a0 * mk
+                    d0[j] += mk * V0[k, j]
     else:
         for k in range(m):
             for j in range(vocab_size):

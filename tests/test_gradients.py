@@ -231,6 +231,22 @@ def test_long_and_repeated_inputs_match_lemma1(lengths: list[int], m: int, sigma
     np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)
 
 
+@given(n=st.integers(0, 40), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 10_000),
+       zeros=st.booleans())
+def test_sum_adds_in_its_documented_order(n: int, dtype: type, seed: int, zeros: bool) -> None:
+    """Property: ``fast._sum`` is, to the bit, eight running sums over ``j mod 8`` added pairwise
+    (signed zeros included): the order every result of the book depends on."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(dtype)
+    if zeros:
+        x[rng.random(n) < 0.5] = -0.0
+    s = [dtype(0)] * 8
+    for j, v in enumerate(x):
+        s[j % 8] = s[j % 8] + v
+    expected = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    assert np.asarray(fast._sum(x), dtype).tobytes() == np.asarray(expected, dtype).tobytes()
+
+
 def test_argmax_and_logits_only() -> None:
     """``Pass.pred`` is ``torch.argmax`` of the logits (the first of equal largest: columns 3 and
     5 of ``V`` are made equal and the largest); ``loss=False`` gives the same logits and argmax
