@@ -596,9 +596,7 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
                 for j in range(vocab_size):
                     gl[k, j] += al * pre[k, j]
                     dSs[j] += pre[k, j] * Vl[k, j]
-    for l in range(L):
-        dscore[i, l] = zero
-    sdS = zero
+    sdS = zero                                         # dscore starts at 0 (_run): tokens left out stay 0
     for s in range(na):
         l = act[s]
         dscore[i, l] = _sum(dS[s]) * rho_tok[i, l]    # dS_l
