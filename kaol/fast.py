@@ -291,6 +291,15 @@ def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | N
     _descend(P.view(vocab_size, -1).numpy(), G.reshape(len(r), -1).numpy(), r, eta)
 
 
+def max_abs(P: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    """``max |p|`` over the parameter ``P`` or, with ``rows``, over its rows ``P[rows]`` (read in
+    place: no copy of the rows, no ``|P|``); NaN when some value is not finite."""
+    X = P.detach().contiguous()
+    X = X.reshape(1, -1) if rows is None else X.reshape(P.shape[0], -1)
+    r = np.zeros(1, dtype=np.int64) if rows is None else rows.numpy()
+    return float(_max_abs(X.numpy(), r))
+
+
 NEGLIGIBLE = 2.0 ** -100
 """``_row`` (and ``used_tokens``) leaves out a token whose weight ``a_l = S_l rho_l`` is below ``NEGLIGIBLE`` times the
 largest weight of its row. Trained attention gives some tokens weights near ``1e-40``: their
@@ -623,3 +632,17 @@ def _descend(P: np.ndarray, G: np.ndarray, rows: np.ndarray, eta: float) -> None
         p, g = P[rows[u]], G[u]
         for k in range(P.shape[1]):
             p[k] += g[k] * step
+
+
+@njit(cache=True, boundscheck=False)
+def _max_abs(P: np.ndarray, rows: np.ndarray) -> float:  # pragma: no cover
+    """``max |P[rows]|``; NaN when some value is not finite (``x - x`` is 0 for finite ``x`` only),
+    found without a branch that leaves the loop, so that it vectorises."""
+    big, bad = P.dtype.type(0), P.dtype.type(0)
+    for u in range(len(rows)):
+        p = P[rows[u]]
+        for k in range(P.shape[1]):
+            x = abs(p[k])
+            big = x if x > big else big
+            bad += p[k] - p[k]
+    return np.nan if bad != 0 else float(big)

@@ -200,13 +200,9 @@ def _check_norm(params: dict[str, torch.Tensor], start: dict[str, float], t: int
 
 def _sizes(params: dict[str, torch.Tensor], rows: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """``max |p|`` of one run's parameters, per parameter, or of their rows ``rows[name]`` where given
-    (from one pass for min and max: no copy of ``|p|``)."""
+    (``fast.max_abs``: the rows are read in place)."""
     rows = rows or {}
-    out = {}
-    for k, p in params.items():
-        lo, hi = torch.aminmax(p.detach() if k not in rows else p.detach()[rows[k]])
-        out[k] = max(float(hi), -float(lo))
-    return out
+    return {k: fast.max_abs(p, rows.get(k)) for k, p in params.items()}
 
 
 def _one(params: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:

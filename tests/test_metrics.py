@@ -100,3 +100,46 @@ def test_rank1_property(U: int, vocab_size: int, m: int, zero_rows: int, seed: i
     gV = torch.randn(U, m, vocab_size, generator=g, dtype=torch.float64)
     gV[: min(zero_rows, U - 1)] = 0
     _check_rank1(gV)
+
+
+def _plain_gram(M: np.ndarray) -> np.ndarray:
+    """``M M^T`` with every entry summed over the columns in index order, all products included."""
+    U = len(M)
+    G = np.zeros((U, U))
+    for i in range(U):
+        for k in range(U):
+            s = 0.0
+            for c in range(M.shape[1]):
+                s += float(M[i, c]) * float(M[k, c])
+            G[i, k] = s
+    return G
+
+
+@given(U=st.integers(1, 12), K=st.integers(1, 30), zero=st.floats(0, 0.9), seed=st.integers(0, 10_000))
+def test_gram_and_square_keep_the_plain_order(U: int, K: int, zero: float, seed: int) -> None:
+    """Property: ``_gram`` (upper triangle only, mirrored; eight columns at a time; all-zero blocks
+    of a row skipped) equals the plain sum in column order to the bit, on float32 gradients with
+    runs of zeros like ReLU masks and widths that are not a multiple of 8; ``_square`` equals the
+    plain ``A @ A`` in index order, rescaled, to the bit."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((U, K)).astype(np.float32)
+    M[rng.random((U, K)) < zero] = 0
+    M[:, rng.random(K) < zero / 2] = 0                   # whole columns off, as a dead output j
+    rows = np.arange(U)
+    G = metrics._gram(M, rows)
+    assert np.array_equal(G, _plain_gram(M))
+    if np.abs(G).max() > 0:
+        A = G / np.abs(G).max()
+        out = np.empty_like(A)
+        moved = metrics._square(A, out)
+        A2 = _plain_gram(A)                              # A symmetric: A A^T = A^2, summed in index order
+        assert np.array_equal(out, A2 / np.abs(A2).max())
+        assert moved == np.abs(out - A).max()
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_rank1_refuses_non_finite_gradients(bad: float) -> None:
+    gV = torch.randn(4, 2, 5)
+    gV[2, 1, 3] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.rank1(gV)

@@ -194,6 +194,25 @@ def test_norm_check_reads_changed_rows() -> None:
             _check_norm({"V": V}, start, 3, "fine-tuning", 0.5, "", check_rows)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_abs_reads_rows_in_place(dtype: torch.dtype) -> None:
+    """``fast.max_abs`` (the norm check's reading) is ``max |P|`` over all of ``P`` or its rows,
+    also when the largest value is negative, and NaN for an inf or NaN in the rows it reads
+    only; a view that is not contiguous is read as it is."""
+    from kaol import fast
+    P = torch.randn(7, 3, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    P[5, 0, 0] = -9.0
+    rows = torch.tensor([0, 5, 6])
+    assert fast.max_abs(P) == float(P.abs().max()) == 9.0
+    assert fast.max_abs(P, torch.tensor([1, 2])) == float(P[[1, 2]].abs().max())
+    assert fast.max_abs(P[0].t()) == float(P[0].abs().max())
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        Q = P.clone()
+        Q[6, 2, 1] = bad
+        assert np.isnan(fast.max_abs(Q, rows)) and np.isnan(fast.max_abs(Q))
+        assert fast.max_abs(Q, torch.tensor([1, 2])) == fast.max_abs(P, torch.tensor([1, 2]))
+
+
 def test_divergence_names_the_run() -> None:
     """With several runs the error names the run that diverged: the first in pre-training at a
     rate too large for all; run 1 in fine-tuning when only its parameters are broken (NaN)."""
