@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from . import checks
-from .data import DataConfig
+from .data import DataConfig, make_data
 from .model import ModelConfig
 from .scales import Scale
 from .sweep import grid
@@ -186,8 +186,34 @@ def _die_with_parent(parent: int) -> None:
 
 def run_grid(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False, **engine
              ) -> tuple[pd.DataFrame, dict[tuple[int, int, int, int], FTHistory]]:
-    """The ``N~_f x seeds`` grid of ``scale`` at every ``(K, R)`` of ``pairs``, one parallel task each."""
-    return _collect(run_all(run_group, _groups(scale, pairs, rank1), **engine))
+    """The ``N~_f x seeds`` grid of ``scale`` at every ``(K, R)`` of ``pairs``, one parallel task each,
+    the largest started first (``work``), so that no core is left alone with a large group at the
+    end; the table keeps the order of ``pairs``."""
+    return _collect(_run_groups([_groups(scale, pairs, rank1)], **engine))
+
+
+def _run_groups(lists: list[list[Group]], **engine) -> list:
+    """``run_group`` on every group of ``lists``, in one pool: the lists one after another, each
+    list's groups largest first (``work``), so that no core is left alone with a large group at
+    the end; the results in the order given."""
+    items = [(i, j) for i, groups in enumerate(lists)
+             for j in sorted(range(len(groups)), key=lambda j: -work(groups[j]))]
+    out: list = [[None] * len(groups) for groups in lists]
+    for (i, j), r in zip(items, run_all(run_group, [lists[i][j] for i, j in items], **engine)):
+        out[i][j] = r
+    return [r for rs in out for r in rs]
+
+
+def work(g: Group) -> int:
+    """A group's cost in multiply-adds per neuron, roughly: each step reads ``V``'s slice of every
+    token of every row three times with the gradient (forward, ``dL/dV``, ``dS``), and fine-tuning
+    also evaluates the unseen facts at every step; a rank-1 step adds the Gram matrix of the
+    ``N~_f + 1`` gradient rows (half of it)."""
+    d = make_data(g.base.with_(K=g.K, R=g.R, N_ft=0))
+    n_pt = int(d.pretrain.mask.sum())
+    n_test = g.base.N_f + g.base.N_r
+    ft = sum(3 * 2 * n + 2 * (n_test - n) + (g.ft.rank1 and (n + 1) ** 2 // 2) for n in g.N_ft)
+    return len(g.seeds) * d.vocab.size * (3 * g.schedule.T * n_pt + g.ft.steps * ft)
 
 
 def _groups(scale: Scale, pairs: Iterable[tuple[int, int]], rank1: bool = False) -> list[Group]:
@@ -231,11 +257,11 @@ def fig2b(scale: Scale, **engine) -> tuple[pd.DataFrame, dict]:
 def rank1(scale: Scale, **engine) -> tuple[pd.DataFrame, dict]:
     """App. H: the Fig. 2a grid fine-tuned in full and with rank-1 updates (column ``ft``).
 
-    Both kinds of group go to one pool, the full ones first: no core waits for the last
-    full group, and each rank-1 group, started when a worker frees, finds its pre-training
-    in the cache (or, with more workers than full groups, computes the same one)."""
+    Both kinds of group go to one pool, the full ones first, each kind largest first: no core
+    waits for the last full group, and each rank-1 group, started when a worker frees, finds its
+    pre-training in the cache (or, with more workers than full groups, computes the same one)."""
     full, low = _groups(scale, pairs_2a(scale)), _groups(scale, pairs_2a(scale), rank1=True)
-    results = run_all(run_group, full + low, **engine)
+    results = _run_groups([full, low], **engine)
     (df_full, c_full), (df_low, c_low) = _collect(results[:len(full)]), _collect(results[len(full):])
     return pd.concat([df_full, df_low], ignore_index=True), {**{k + ("full",): v for k, v in c_full.items()},
                                                                **{k + ("rank1",): v for k, v in c_low.items()}}

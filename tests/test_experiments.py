@@ -129,6 +129,16 @@ def test_sweep_rows_and_curves() -> None:
     assert set(curves2) == {k + (f,) for k in curves for f in ("full", "rank1")}
 
 
+def test_run_grid_starts_the_largest_group_first() -> None:
+    """The groups run largest first (K = 2 has more rows than K = 1), the table in the order of the pairs."""
+    logs: list[str] = []
+    df, _ = parallel.run_grid(TINY, parallel.pairs_2a(TINY), workers=1, log=logs.append)
+    assert [line.split("] ")[1].split(" full")[0] for line in logs] == ["K=2 R=4", "K=1 R=4"]
+    assert list(df["K"].drop_duplicates()) == [1, 2]
+    groups = parallel._groups(TINY, [(1, 4), (2, 4)])
+    assert parallel.work(groups[1]) > parallel.work(groups[0]) > 0
+
+
 def test_table3_and_summary() -> None:
     runs = table3.table3(TINY, workers=1, log=lambda s: None)
     assert len(runs) == 2 * 4
