@@ -157,9 +157,9 @@ def _rank1(M: np.ndarray, out: np.ndarray) -> bool:  # pragma: no cover
     if bad != 0:
         return False
     rows = np.flatnonzero(nonzero)
-    if len(rows) == 0:
-        return True
     U = len(rows)
+    if U == 0:
+        return True
     A = _gram(M, rows)
     A /= np.abs(A).max()
     A2 = np.empty_like(A)

@@ -212,7 +212,7 @@ def work(g: Group) -> int:
     d = make_data(g.base.with_(K=g.K, R=g.R, N_ft=0))
     n_pt = int(d.pretrain.mask.sum())
     n_test = g.base.N_f + g.base.N_r
-    ft = sum(3 * 2 * n + 2 * (n_test - n) + (g.ft.rank1 and (n + 1) ** 2 // 2) for n in g.N_ft)
+    ft = sum(3 * 2 * n + 2 * (n_test - n) + ((n + 1) ** 2 // 2 if g.ft.rank1 else 0) for n in g.N_ft)
     return len(g.seeds) * d.vocab.size * (3 * g.schedule.T * n_pt + g.ft.steps * ft)
 
 
