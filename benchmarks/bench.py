@@ -11,8 +11,8 @@ It measures, in one run (a few minutes on 2 CPU cores):
     read plus written per second), so every rate below is also given as a fraction of
     what this machine does;
 (a) one book-scale run: ``make_data(DataConfig())``, ``pretrain`` with the default
-    ``Schedule`` and ``finetune`` with the default ``FTConfig`` (targets: the whole run
-    < 1 s, fine-tuning < 0.05 s), with the multiply-adds per pre-training step that the
+    ``Schedule`` and ``finetune`` with the default ``FTConfig``, each the best of a few runs
+    (targets: the whole run < 1 s, fine-tuning < 0.05 s), with the multiply-adds per pre-training step that the
     kernel does (Lemma 1: ``m vocab_size`` per token of a row forward, twice that backward;
     tokens of a weight below ``fast.NEGLIGIBLE``, which it leaves out, not counted: their share
     at the end of pre-training), the rate achieved, and the bytes of ``V`` it moves per step (the rows of ``V`` and
@@ -59,6 +59,9 @@ from kaol.model import ModelConfig  # noqa: E402
 from kaol.train import FTConfig, Schedule, finetune, pretrain  # noqa: E402
 
 B_RUNS = 64
+PT_REPEATS, FT_REPEATS = 3, 7
+"""(a) takes the best of this many runs: on a shared machine one run's wall time also holds
+the waits for a core that other jobs cause."""
 
 
 @dataclass
@@ -119,19 +122,20 @@ def book_run(mac_ref: float, copy_ref: float) -> list[Row]:
     data = make_data(DataConfig())
     pretrain(data, schedule=Schedule(T1=1, T2=2, T=3))                  # warm-up (first-call costs)
     finetune(*pretrain(data, schedule=Schedule(T1=1, T2=2, T=3))[:1], data, cfg=FTConfig(steps=2))
-    t_pt, (params, _) = timed(pretrain, data)
-    t_ft, _ = timed(finetune, params, data)
+    t_pt, (params, _) = min((timed(pretrain, data) for _ in range(PT_REPEATS)), key=lambda r: r[0])
+    t_ft = min(timed(finetune, params, data)[0] for _ in range(FT_REPEATS))
     total = t_pt + t_ft
     s, f = Schedule(), FTConfig()
     macs, nbytes, left_out = step_work(data, ModelConfig(), params)
     mac_rate, byte_rate = macs * s.T / t_pt, nbytes * s.T / t_pt
-    return [Row(f"(a) book run: pre-training, {s.T} steps", f"{t_pt:.3f} s ({1e3 * t_pt / s.T:.2f} ms/step)"),
+    return [Row(f"(a) book run: pre-training, {s.T} steps (best of {PT_REPEATS})",
+                f"{t_pt:.3f} s ({1e3 * t_pt / s.T:.2f} ms/step)"),
             Row("(a) pre-training step: multiply-adds, rate", f"{macs / 1e6:.1f} M/step ({100 * left_out:.0f}% of "
                 f"tokens negligible at the end), {mac_rate / 1e9:.2f} GMAC/s = {mac_rate / mac_ref:.2f} of the matmul "
                 "reference"),
             Row("(a) pre-training step: bytes of V moved, rate", f"{nbytes / 2 ** 20:.1f} MiB/step, "
                 f"{byte_rate / 1e9:.2f} GB/s = {byte_rate / copy_ref:.2f} of the copy reference"),
-            Row(f"(a) book run: fine-tuning, {f.steps} steps", f"{t_ft:.3f} s ({1e3 * t_ft / f.steps:.2f} ms/step)",
+            Row(f"(a) book run: fine-tuning, {f.steps} steps (best of {FT_REPEATS})", f"{t_ft:.3f} s ({1e3 * t_ft / f.steps:.2f} ms/step)",
                 "< 0.05 s", _yes(t_ft < 0.05)),
             Row("(a) book run: PT + FT total, wall time", f"{total:.3f} s", "< 1 s", _yes(total < 1.0))]
 

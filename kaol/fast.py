@@ -6,10 +6,10 @@ pre-activations of every neuron are ``sum_l a_l V[t_l]``: each input reads only 
 2-4 rows of ``V`` (one per token, ``m x vocab_size`` values each) that its tokens select. A
 compiled loop (``numba``) goes over the inputs of one run, in parallel chunks of
 inputs (``Batch``); many runs are many calls, in turn or in separate processes. Per input it forms the
-``m x vocab_size`` pre-activations in a small buffer, the logits, the loss and, from the same
-buffer, the gradients of the rows of ``V`` it read, so nothing of size
-``inputs x m x vocab_size`` is ever stored. The attention, its gradient and the update are
-compiled loops too.
+``m x vocab_size`` pre-activations, the logits, the loss and the gradients of the rows of ``V``
+it read, so nothing of size ``inputs x m x vocab_size`` is ever stored. The attention, its
+gradient and the update are compiled loops too; the update of a row of ``V`` can be taken in
+the same pass, as soon as that row's gradient is complete (``run``'s ``eta``).
 
 The gradients are the explicit form of Lemma 1. With ``g_j = lambda (p_j - y_j)``
 (times the sample weight) and ``1_{jn} = 1[<v_{j,n}, h> > 0]``::
@@ -83,6 +83,10 @@ class Batch:
     dest: np.ndarray       # (CHUNKS, vocab_size) where chunk c accumulates dL/dV[t]
     sums: np.ndarray       # (shared, 1 + CHUNKS) gV slot of each shared row, then its partials
     n_part: int            # partial rows
+    start: np.ndarray      # (n + 1,) the tokens read by one chunk only whose first row is order[ii]:
+    start_tok: np.ndarray  # start_tok[start[ii]:start[ii + 1]]
+    done: np.ndarray       # (n + 1,) and those whose last row is order[ii]: done_tok[done[ii]:done[ii + 1]]
+    done_tok: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -92,7 +96,8 @@ class Batch:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """What the compiled pass (``_run``) reads of the batch, as numpy arrays (views, made once)."""
         return (self.tokens.numpy(), self.rho_tokens.numpy(), self.y_idx.numpy(), self.y_prob.numpy(), self.w.numpy(),
-                self.order, self.bounds, self.dest, self.sums)
+                self.order, self.bounds, self.dest, self.sums, self.start, self.start_tok, self.done, self.done_tok,
+                self.rows.numpy())
 
     @staticmethod
     def build(samples: Samples, vocab_size: int, rho: torch.Tensor, dtype: torch.dtype) -> "Batch":
@@ -116,7 +121,8 @@ the thread count)."""
 
 def _chunks(tokens: np.ndarray, mask: np.ndarray, slot: np.ndarray, vocab_size: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """``order``, ``bounds``, ``dest``, ``sums`` and ``n_part`` of ``Batch`` (see there)."""
+    """``order``, ``bounds``, ``dest``, ``sums``, ``n_part``, ``start``, ``start_tok``, ``done`` and ``done_tok`` of
+    ``Batch`` (see there)."""
     n = len(tokens)
     bounds = np.array([n * c // CHUNKS for c in range(CHUNKS + 1)])
     count = np.bincount(tokens[mask], minlength=vocab_size)
@@ -135,7 +141,17 @@ def _chunks(tokens: np.ndarray, mask: np.ndarray, slot: np.ndarray, vocab_size: 
             dest[c, t] = -1 - parts[c]
         shared.append([slot[t]] + parts)
     sums = np.array(shared, dtype=np.int64).reshape(-1, 1 + CHUNKS)
-    return order, bounds, dest, sums, len(shared) * CHUNKS
+    first, last = np.full(vocab_size, n), np.full(vocab_size, -1)   # positions in order of the first and last
+    for ii, i in enumerate(order):                                   # rows that read each token
+        t = tokens[i][mask[i]]
+        first[t] = np.minimum(first[t], ii)
+        last[t] = ii
+    own = np.nonzero(used.sum(0) == 1)[0]
+    lists = []
+    for pos in (first, last):
+        by = own[np.argsort(pos[own], kind="stable")]
+        lists += [np.searchsorted(pos[by], np.arange(n + 1)), by.astype(np.int64)]
+    return (order, bounds, dest, sums, len(shared) * CHUNKS, *lists)
 
 
 def _check_inputs(s: Samples, rho: torch.Tensor, vocab_size: int) -> None:
@@ -174,6 +190,7 @@ class Pass:
     gV_rows: torch.Tensor | None = None   # (U, m, vocab_size): dL/dV[rows], the only rows that are not 0
     rows: torch.Tensor | None = None      # (U,) = ``Batch.rows``
     work: "_Work | None" = None           # the buffers behind ``ce``, ``logits`` and the gradients
+    stepped: bool = False                 # V has taken its gradient step (``run``'s ``eta``)
 
     @property
     def gV(self) -> torch.Tensor | None:
@@ -234,7 +251,8 @@ def used_tokens(S: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad: bool = True,
-        grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None, loss: bool = True) -> Pass:
+        grad_W: bool = True, S: torch.Tensor | None = None, reuse: Pass | None = None, loss: bool = True,
+        eta: float | None = None) -> Pass:
     """Loss, logits and (if ``grad``) the exact gradients of ``W`` (vocab_size, vocab_size) and of
     the rows of ``V`` (vocab_size, m, vocab_size) that the inputs read (``Pass.gV_rows``;
     ``Pass.gV`` is the whole of it), for one run.
@@ -246,7 +264,10 @@ def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad:
     needs no more. ``reuse``, the ``Pass`` of an earlier call on the same batch, lends its
     logits, cross-entropies and gradients as work space: they are overwritten (the training
     loops pass the previous step's, which saves the page faults of fresh buffers of several MB
-    at every step).
+    at every step). With ``eta`` (and ``grad``), ``V`` also takes its gradient step
+    ``V <- V - eta dL/dV`` in place (``descend``'s arithmetic; ``W`` does not), each row as soon
+    as its gradient is complete, while it is still in cache (``Pass.stepped``); the gradients
+    are returned as without it.
     """
     vocab_size = batch.vocab_size
     W_shape = None if W is None else tuple(W.shape)
@@ -263,14 +284,17 @@ def run(W: torch.Tensor | None, V: torch.Tensor, batch: Batch, lam: float, grad:
         raise ValueError("W = None (a model without W) needs its attention S and grad_W=False")
     if V.dtype != batch.rho_tokens.dtype:
         raise ValueError(f"parameters are {V.dtype} but the batch was built for {batch.rho_tokens.dtype}")
+    if eta is not None and not (grad and V.is_contiguous() and isinstance(eta, float) and math.isfinite(eta)):
+        raise ValueError(f"a step in the pass (eta = {eta!r}) needs grad=True, a contiguous V and a finite float eta")
     S = attention(W, batch) if S is None else S
     work = _Work.get(reuse, (n, L, len(batch.rows) if grad else 0, m, vocab_size, vocab_size if grad and grad_W else 0,
                              batch.n_part if grad else 0, V.dtype))
     pred = torch.empty(n, dtype=torch.long)
     total = _run(*batch.arrays, S.detach().contiguous().numpy(), V.detach().contiguous().numpy(), lam, loss, grad,
-                 grad and grad_W, pred.numpy(), *work.arrays)
+                 grad and grad_W, eta is not None, 0.0 if eta is None else eta, pred.numpy(), *work.arrays)
     z, ce, gV, gW = work.tensors[:4]
-    out = Pass(torch.tensor(total, dtype=V.dtype), ce, S, z, pred, work=work)
+    out = Pass(torch.from_numpy(np.array(total, dtype=z.numpy().dtype)), ce, S, z, pred, work=work,
+               stepped=eta is not None)
     if grad:
         out.gV_rows, out.rows = gV, batch.rows
     if grad and grad_W:
@@ -293,11 +317,20 @@ def descend(P: torch.Tensor, G: torch.Tensor, eta: float, rows: torch.Tensor | N
 
 def max_abs(P: torch.Tensor, rows: torch.Tensor | None = None) -> float:
     """``max |p|`` over the parameter ``P`` or, with ``rows``, over its rows ``P[rows]`` (read in
-    place: no copy of the rows, no ``|P|``); NaN when some value is not finite."""
+    place: no copy of the rows, no ``|P|``); NaN when some value is not finite.
+
+    The values are read as integers with the sign bit cleared: for IEEE numbers of one sign the
+    integer order is the order of the numbers, so the largest integer is the largest ``|p|``
+    (exact), and one at or above the bits of ``inf`` means an inf or a NaN. An integer maximum
+    vectorises; a float one that must notice NaNs does not."""
     X = P.detach().contiguous()
     X = X.reshape(1, -1) if rows is None else X.reshape(P.shape[0], -1)
     r = np.zeros(1, dtype=np.int64) if rows is None else rows.numpy()
-    return float(_max_abs(X.numpy(), r))
+    x = X.numpy()
+    ints = np.dtype(f"int{x.dtype.itemsize * 8}")
+    inf = np.array(np.inf, dtype=x.dtype).view(ints)
+    top = np.array(_max_abs(x.view(ints), r, ~np.array(np.iinfo(ints).min, dtype=ints)), dtype=ints)
+    return float("nan") if top >= inf else float(top.view(x.dtype))
 
 
 NEGLIGIBLE = 2.0 ** -100
@@ -439,8 +472,9 @@ def _attention(tok: np.ndarray, rho_tok: np.ndarray, W: np.ndarray, S: np.ndarra
 
 @njit(cache=True, boundscheck=False, parallel=True)
 def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.ndarray, w: np.ndarray, order: np.ndarray,
-         bounds: np.ndarray, dest: np.ndarray, sums: np.ndarray, S: np.ndarray, V: np.ndarray, lam: float, loss: bool,
-         grad: bool, grad_W: bool, pred: np.ndarray, z: np.ndarray, ce: np.ndarray, gV: np.ndarray, gW: np.ndarray,
+         bounds: np.ndarray, dest: np.ndarray, sums: np.ndarray, start: np.ndarray, start_tok: np.ndarray,
+         done: np.ndarray, done_tok: np.ndarray, rows: np.ndarray, S: np.ndarray, V: np.ndarray, lam: float,
+         loss: bool, grad: bool, grad_W: bool, step: bool, eta: float, pred: np.ndarray, z: np.ndarray, ce: np.ndarray, gV: np.ndarray, gW: np.ndarray,
          part: np.ndarray, dscore: np.ndarray) -> float:  # pragma: no cover
     """The compiled pass behind ``run``, in one call.
 
@@ -448,10 +482,13 @@ def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.nda
     chunk adds its ``dL/dV`` rows into ``gV`` (rows only it reads) or into its own partial rows
     in ``part`` (shared rows). Then, in order: the loss ``sum_i w_i CE_i`` (returned),
     ``dL/dW[t_l, t_L] += dscore_l`` in row order (Lemma 1), and the shared rows of ``dL/dV`` as
-    the sum of their chunks' partials in chunk order."""
-    gV[:] = 0
+    the sum of their chunks' partials in chunk order. A row of ``gV`` or ``part`` is set to 0 by
+    its chunk just before its first use (``start``; a shared row of ``gV`` before its sum), while
+    it is in cache, not all of ``gV`` at once before the rows start. With ``step``, each row of
+    ``V`` takes its gradient step ``V[t] += dL/dV[t] * (-eta)`` (``_descend``'s arithmetic) as
+    soon as its gradient is complete: a row read by one chunk after that chunk's last row that
+    reads it (``done``), a shared row after its sum."""
     gW[:] = 0
-    part[:] = 0
     dscore[:] = 0
     for c in prange(len(bounds) - 1):
         vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
@@ -461,9 +498,20 @@ def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.nda
         g = np.empty(vocab_size)
         a = np.empty(L, V.dtype)
         act = np.empty(L, np.int64)
+        if grad:
+            for k in range(sums.shape[0]):
+                if sums[k, 1 + c] >= 0:
+                    part[sums[k, 1 + c]] = 0
         for ii in range(bounds[c], bounds[c + 1]):
+            if grad:
+                for e in range(start[ii], start[ii + 1]):
+                    gV[dest[c, start_tok[e]]] = 0
             _row(order[ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[c], z, pred, ce,
                  gV, part, dscore, pre, gw, dS, g, a, act)
+            if step:
+                for e in range(done[ii], done[ii + 1]):
+                    t = done_tok[e]
+                    _step_row(V[t], gV[dest[c, t]], eta)
     n, L = tok.shape
     total = 0.0
     for i in range(n):
@@ -475,13 +523,25 @@ def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.nda
     if grad:
         for k in prange(sums.shape[0]):
             out = gV[sums[k, 0]]
+            out[:] = 0
             for c in range(sums.shape[1] - 1):
                 if sums[k, 1 + c] >= 0:
                     p = part[sums[k, 1 + c]]
                     for neuron in range(out.shape[0]):
                         for j in range(out.shape[1]):
                             out[neuron, j] += p[neuron, j]
+            if step:
+                _step_row(V[rows[sums[k, 0]]], out, eta)
     return total
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _step_row(P: np.ndarray, G: np.ndarray, eta: float) -> None:  # pragma: no cover
+    """``P += G * (-eta)`` for one row of ``V`` (m, vocab_size): ``_descend``'s arithmetic."""
+    st = P.dtype.type(-eta)
+    for k in range(P.shape[0]):
+        for j in range(P.shape[1]):
+            P[k, j] += G[k, j] * st
 
 
 @njit(cache=True, boundscheck=False)
@@ -497,22 +557,14 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
     over ``j`` run elementwise or through ``_sum``, over ``n`` and ``l`` in index order, tokens of
     a ``NEGLIGIBLE`` weight left out (``act`` lists the others). Both passes go neuron by neuron,
     and for the two or three tokens of the book's inputs (``na <= 3``) in one pass over ``j`` that
-    reads each token's slice of ``V`` (and of ``dL/dV``) once; ``pre`` keeps the pre-activations
-    from the forward pass for the backward pass. ``pre``, ``gw``, ``dS``, ``g``, ``a``, ``act`` are
+    reads each token's slice of ``V`` (and of ``dL/dV``) once; there the backward pass computes
+    each pre-activation again, by the forward pass's expression (the same bits), which costs
+    less than storing and reading back ``m x vocab_size`` values per row; with more tokens
+    ``pre`` keeps them from the forward pass. ``pre``, ``gw``, ``dS``, ``g``, ``a``, ``act`` are
     work buffers."""
     vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
     zero = pre.dtype.type(0)
-    amax = zero
-    for l in range(L):
-        a[l] = S[i, l] * rho_tok[i, l]
-        amax = max(amax, a[l])
-    na = 0
-    for l in range(L):
-        if a[l] < NEGLIGIBLE * amax:
-            a[l] = zero                                # left out: see NEGLIGIBLE
-        if a[l] != 0:
-            act[na] = l
-            na += 1
+    na = _weights(i, S, rho_tok, a, act)
     s1, s2 = min(1, na - 1), min(2, na - 1)            # up to three tokens by name (repeated if fewer)
     t0, t1, t2 = tok[i, act[0]], tok[i, act[s1]], tok[i, act[s2]]
     a0, a1, a2 = a[act[0]], a[act[s1]], a[act[s2]]
@@ -533,16 +585,13 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
         for k in range(m):
             if na == 3:
                 for j in range(vocab_size):
-                    pre[k, j] = ((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j]
-                    zi[j] += max(pre[k, j], zero)
+                    zi[j] += max(((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j], zero)
             elif na == 2:
                 for j in range(vocab_size):
-                    pre[k, j] = (zero + a0 * V0[k, j]) + a1 * V1[k, j]
-                    zi[j] += max(pre[k, j], zero)
+                    zi[j] += max((zero + a0 * V0[k, j]) + a1 * V1[k, j], zero)
             else:
                 for j in range(vocab_size):
-                    pre[k, j] = zero + a0 * V0[k, j]
-                    zi[j] += max(pre[k, j], zero)
+                    zi[j] += max(zero + a0 * V0[k, j], zero)
     for j in range(vocab_size):
         zi[j] *= lam
     pred[i] = _argmax(zi)
@@ -575,7 +624,8 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
         for k in range(m):
             if na == 3:
                 for j in range(vocab_size):
-                    mk = gw[j] if pre[k, j] > 0 else zero            # g_j 1[pre > 0]
+                    p = ((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j]    # pre, as forward
+                    mk = gw[j] if p > 0 else zero                                # g_j 1[pre > 0]
                     G0[k, j] += a0 * mk
                     d0[j] += mk * V0[k, j]
                     G1[k, j] += a1 * mk
@@ -584,14 +634,16 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
                     d2[j] += mk * V2[k, j]
             elif na == 2:
                 for j in range(vocab_size):
-                    mk = gw[j] if pre[k, j] > 0 else zero
+                    p = (zero + a0 * V0[k, j]) + a1 * V1[k, j]
+                    mk = gw[j] if p > 0 else zero
                     G0[k, j] += a0 * mk
                     d0[j] += mk * V0[k, j]
                     G1[k, j] += a1 * mk
                     d1[j] += mk * V1[k, j]
             else:
                 for j in range(vocab_size):
-                    mk = gw[j] if pre[k, j] > 0 else zero
+                    p = zero + a0 * V0[k, j]
+                    mk = gw[j] if p > 0 else zero
                     G0[k, j] += a0 * mk
                     d0[j] += mk * V0[k, j]
     else:
@@ -617,6 +669,26 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
 
 
 @njit(cache=True, boundscheck=False, inline="always")
+def _weights(i: int, S: np.ndarray, rho_tok: np.ndarray, a: np.ndarray, act: np.ndarray) -> int:  # pragma: no cover
+    """Row ``i``'s token weights ``a_l = S_l rho_l`` into ``a``, those below ``NEGLIGIBLE`` times the
+    largest set to 0 (left out); the positions ``l`` of the others into ``act``; returns their count."""
+    L = S.shape[1]
+    zero = a.dtype.type(0)
+    amax = zero
+    for l in range(L):
+        a[l] = S[i, l] * rho_tok[i, l]
+        amax = max(amax, a[l])
+    na = 0
+    for l in range(L):
+        if a[l] < NEGLIGIBLE * amax:
+            a[l] = zero                                # left out: see NEGLIGIBLE
+        if a[l] != 0:
+            act[na] = l
+            na += 1
+    return na
+
+
+@njit(cache=True, boundscheck=False, inline="always")
 def _grad_rows(gV: np.ndarray, part: np.ndarray, dest: np.ndarray, t: int) -> np.ndarray:  # pragma: no cover
     """Where token ``t``'s ``dL/dV`` row accumulates: its row of ``gV`` or a partial row (``Batch``)."""
     d = dest[t]
@@ -635,14 +707,12 @@ def _descend(P: np.ndarray, G: np.ndarray, rows: np.ndarray, eta: float) -> None
 
 
 @njit(cache=True, boundscheck=False)
-def _max_abs(P: np.ndarray, rows: np.ndarray) -> float:  # pragma: no cover
-    """``max |P[rows]|``; NaN when some value is not finite (``x - x`` is 0 for finite ``x`` only),
-    found without a branch that leaves the loop, so that it vectorises."""
-    big, bad = P.dtype.type(0), P.dtype.type(0)
+def _max_abs(P: np.ndarray, rows: np.ndarray, mask: int) -> int:  # pragma: no cover
+    """``max (P[rows] & mask)`` of integers (``max_abs``: the bits of floats, ``mask`` clears the sign)."""
+    top = P.dtype.type(0)
+    m = P.dtype.type(mask)
     for u in range(len(rows)):
         p = P[rows[u]]
         for k in range(P.shape[1]):
-            x = abs(p[k])
-            big = x if x > big else big
-            bad += p[k] - p[k]
-    return np.nan if bad != 0 else float(big)
+            top = max(top, p[k] & m)
+    return top

@@ -18,6 +18,7 @@ import torch
 from . import checks, fast, metrics
 from .data import KIND_NAMES, KnowledgeData, Samples
 from .model import ModelConfig, forward, init_params
+from .predict import Predictions
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ def _pretrain_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: Mode
     out, S = None, _fixed_attention(model, params, batch, train_W=True)
     for t in range(schedule.T + 1):
         log = t % log_every == 0 or t == schedule.T
-        out = _step(model, params, batch, grad=t < schedule.T, S=S, reuse=out)
+        out = _step(model, params, batch, grad=t < schedule.T, S=S, reuse=out,
+                    eta=schedule.rate(t) if t < schedule.T and not log else None)   # V's step in the pass
         last = max(t - 1, 0)                     # the update that produced this loss
         what = f"pre-training (Stage {schedule.stage(last)})"
         if t == 0:
@@ -287,23 +289,29 @@ class _Out:
     grads: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor] = field(default_factory=dict)   # gradients given on these rows only
     work: fast.Pass | None = None       # the exact path's buffers, for the next step to reuse
+    stepped: bool = False               # V has taken its step in the pass (``_step``'s ``eta``)
 
 
 def _descend(params: dict[str, torch.Tensor], out: _Out, eta: float, rank1: bool = False) -> None:
     """One gradient step in place, ``p <- p - eta g`` (``g`` replaced by its best rank-1
-    approximation for ``V`` when ``rank1``, App. H); a gradient given on some rows only
-    (``out.rows``) updates just those rows."""
+    approximation for ``V`` when ``rank1``, App. H, written over ``g``); a gradient given on some rows only
+    (``out.rows``) updates just those rows; ``V`` is skipped when it took its step in the pass
+    (``out.stepped``)."""
     for k, g in out.grads.items():
-        fast.descend(params[k], metrics.rank1(g) if rank1 and k == "V" else g, eta, out.rows.get(k))
+        if k == "V" and out.stepped:
+            continue
+        fast.descend(params[k], metrics.rank1(g, out=g) if rank1 and k == "V" else g, eta, out.rows.get(k))
 
 
 def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch,
           grad: bool = True, grad_W: bool = True, S: torch.Tensor | None = None,
-          reuse: _Out | None = None, loss: bool = True) -> _Out:
+          reuse: _Out | None = None, loss: bool = True, eta: float | None = None) -> _Out:
     """Loss and gradients of one full batch: exact sparse path (the simplified model, and
     uniform attention + MLP, whose fixed attention ``S`` the caller passes) or autograd. The
     exact path reuses the buffers of ``reuse``, the previous step's output on the same batch
-    (``fast.run``), and with ``loss=False`` computes only the logits and their argmax.
+    (``fast.run``), and with ``loss=False`` computes only the logits and their argmax. With
+    ``eta``, the exact path also takes ``V``'s gradient step in the pass (``fast.run``;
+    ``_descend`` then leaves ``V`` alone); autograd ignores it.
 
     Autograd runs on one torch thread (the caller's setting is restored): torch splits
     its reductions by thread count, so a different count would round differently."""
@@ -311,9 +319,9 @@ def _step(model: ModelConfig, params: dict[str, torch.Tensor], batch: fast.Batch
         if model.arch == "uniform_mlp":          # no W: a fixed, uniform attention
             S, grad_W = fast.uniform_attention(batch) if S is None else S, False
         o = fast.run(params.get("W"), params["V"], batch, model.lam, grad=grad, grad_W=grad_W, S=S,
-                     reuse=None if reuse is None else reuse.work, loss=loss)
+                     reuse=None if reuse is None else reuse.work, loss=loss, eta=None if eta is None else float(eta))
         grads = {} if not grad else {"V": o.gV_rows, **({"W": o.gW} if grad_W else {})}
-        return _Out(o.loss, o.ce, o.S, o.logits, o.pred, grads, {"V": o.rows} if grad else {}, o)
+        return _Out(o.loss, o.ce, o.S, o.logits, o.pred, grads, {"V": o.rows} if grad else {}, o, o.stepped)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -372,21 +380,28 @@ def _finetune_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: Mode
     size0 = _sizes(params)
     train = fast.Batch.build(d.qa_train, v.size, v.rho, model.dtype)
     test = fast.Batch.build(_cat(d.qa_unseen_freq, d.qa_rare), v.size, v.rho, model.dtype)
-    is_freq = np.arange(test.shape[0]) < len(d.qa_unseen_freq)
+    n_f = len(d.qa_unseen_freq)                  # the test rows: unseen frequent facts, then rare ones
     answer = test.y_idx[:, 0].numpy()
     S_train = _fixed_attention(model, params, train, cfg.train_W)
     S_test = _fixed_attention(model, params, test, cfg.train_W)
+    watch = None if S_test is None or model.arch not in ("simplified", "uniform_mlp") else \
+        Predictions(test, S_test, model.lam, train.rows)       # W fixed: the test rows move with V[train.rows] only
     loss, acc_f, acc_r, preds = [], [], [], []
     sv0, align = np.full(1, np.nan), np.nan
     ev = out = None
     for t in range(cfg.steps + 1):
-        ev = _step(model, params, test, grad=False, S=S_test, reuse=ev, loss=False)
-        pred = ev.pred.numpy()
+        if watch is None:
+            ev = _step(model, params, test, grad=False, S=S_test, reuse=ev, loss=False)
+            pred = ev.pred.numpy()           # a new array at every step
+        else:
+            pred = watch.pred(params["V"]).copy()
         hit = pred == answer
-        acc_f.append(_mean(hit, is_freq))
-        acc_r.append(_mean(hit, ~is_freq))
-        preds.append(pred)                   # a new array at every step
-        out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out)
+        acc_f.append(_mean(hit[:n_f]))
+        acc_r.append(_mean(hit[n_f:]))
+        preds.append(pred)
+        fuse = t < cfg.steps and not cfg.rank1 and t % 10 != 0     # not where the norm check reads V before the step
+        out = _step(model, params, train, grad=t < cfg.steps, grad_W=cfg.train_W, S=S_train, reuse=out,
+                    eta=cfg.eta if fuse else None)
         if t == 0:
             start = float(out.loss)
         _check_finite(float(out.loss), t, "fine-tuning", cfg.eta, start, run)
@@ -404,10 +419,9 @@ def _finetune_run(params: dict[str, torch.Tensor], d: KnowledgeData, model: Mode
                      np.array([len(d.qa_unseen_freq)]), np.array([len(d.qa_rare)]))
 
 
-def _mean(hit: np.ndarray, sel: np.ndarray) -> np.float32:
-    """Accuracy over the selected rows, in float32; NaN when none is selected."""
-    n = int(sel.sum())
-    return np.float32(int((hit & sel).sum())) / np.float32(n) if n else np.float32(np.nan)
+def _mean(hit: np.ndarray) -> np.float32:
+    """Accuracy over the rows ``hit``, in float32; NaN when there are none."""
+    return np.float32(np.count_nonzero(hit)) / np.float32(len(hit)) if len(hit) else np.float32(np.nan)
 
 
 def _cat(a: Samples, b: Samples) -> Samples:

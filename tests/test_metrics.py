@@ -143,3 +143,15 @@ def test_rank1_refuses_non_finite_gradients(bad: float) -> None:
     gV[2, 1, 3] = bad
     with pytest.raises(ValueError, match="non-finite"):
         metrics.rank1(gV)
+
+
+def test_rank1_into_its_own_gradient() -> None:
+    """``rank1(g, out=g)`` (what the training loops do) writes over ``g`` the same matrix that
+    ``rank1(g)`` returns, zero rows included; a wrong ``out`` is refused."""
+    g = torch.randn(6, 3, 11, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    g[2] = 0
+    expect = metrics.rank1(g)
+    assert metrics.rank1(g, out=g) is g and torch.equal(g, expect)
+    for bad in (torch.empty(6, 3, 10), torch.empty(6, 3, 11, dtype=torch.float64), torch.empty(6, 11, 3).transpose(1, 2)):
+        with pytest.raises(ValueError, match="out must be"):
+            metrics.rank1(g, out=bad)
