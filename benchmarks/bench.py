@@ -59,7 +59,7 @@ from kaol.model import ModelConfig  # noqa: E402
 from kaol.train import FTConfig, Schedule, finetune, pretrain  # noqa: E402
 
 B_RUNS = 64
-PT_REPEATS, FT_REPEATS = 3, 7
+PT_REPEATS, FT_REPEATS = 3, 25
 """(a) takes the best of this many runs: on a shared machine one run's wall time also holds
 the waits for a core that other jobs cause."""
 

@@ -11,8 +11,9 @@ both sides, keeps its argmax, and is not recomputed. ``Predictions.pred`` return
 ``fast.run(...).pred`` (the same argmax, ties to the first index, a row recomputed whenever the
 bound does not prove it unchanged), tested against it at every step. In the book's
 fine-tuning (``DataConfig()``, 200 steps) about 3 of its 100 test rows are recomputed per
-step (11 at five times the rate), and a step's evaluation costs about a third of the plain
-pass's (``benchmarks/README.md``). ``web/kaol.js`` does the same in the reader's browser.
+step (11 at five times the rate), and the evaluation of 200 steps takes 8-11 ms against
+about 19 ms for the plain pass (``benchmarks/README.md``). ``web/kaol.js`` does the same in
+the reader's browser.
 
 The rounding bound: each product ``a_l V[t_l, n, j]`` reaches ``z_j`` through at most
 ``m + L + 2`` roundings (its product, the adds of the pre-activation and of the neuron sum, the
