@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
 from . import fast
-from .fast import CHUNKS, _row, _weights
+from .fast import _row, _weights
 
 ERR_SLOTS = 4
 """Roundings counted on top of ``m + 2 L`` (at least ``m + L + 2`` are needed, see above)."""
@@ -149,18 +149,15 @@ def _unchanged(i: int, tok: np.ndarray, a: np.ndarray, mov: np.ndarray, C: np.nd
     return above == 1 and top == top
 
 
-PARALLEL_ROWS = 8
-"""Rows to recompute from which ``_predict`` splits them over threads (fewer are not worth
-starting the threads for; any split gives the same results)."""
-
-
 @njit(cache=True, boundscheck=False)
 def _predict(tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarray, V: np.ndarray, lam: float, gamma: float,
              tiny: float, mov_ids: np.ndarray, mov: np.ndarray, old: np.ndarray, C: np.ndarray, R: np.ndarray,
              z: np.ndarray, err: np.ndarray, lo: np.ndarray, hi: np.ndarray, C_at: np.ndarray, R_at: np.ndarray,
              pred: np.ndarray) -> int:  # pragma: no cover
     """``Predictions.pred``'s compiled part: the moves since the last call (``_drift``), then the
-    rows not proven unchanged (``_unchanged``) are recomputed (``_compute``); returns how many."""
+    rows not proven unchanged (``_unchanged``) are recomputed (``_compute``); returns how many.
+    One thread: after the first call only a few rows are recomputed, and a compiled function
+    that calls a parallel one is what numba's cache has crashed on (numba issues 4807, 8578)."""
     _drift(V, mov_ids, old, C, R)
     n, L = tok.shape
     todo = np.empty(n, np.int64)
@@ -173,29 +170,16 @@ def _predict(tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarray, V: np.ndarray,
         if not _unchanged(i, tok, a, mov, C, R, z, err, lo, hi, C_at, R_at, pred, lam, gamma, move):
             todo[nt] = i
             nt += 1
-    if nt >= PARALLEL_ROWS:
-        _compute_chunks(todo[:nt], tok, rho_tok, S, V, lam, gamma, tiny, mov, C, R, z, err, lo, hi, C_at, R_at, pred)
-    else:
-        _compute(todo[:nt], 0, 1, tok, rho_tok, S, V, lam, gamma, tiny, mov, C, R, z, err, lo, hi, C_at, R_at, pred)
+    _compute(todo[:nt], tok, rho_tok, S, V, lam, gamma, tiny, mov, C, R, z, err, lo, hi, C_at, R_at, pred)
     return nt
 
 
-@njit(cache=True, boundscheck=False, parallel=True)
-def _compute_chunks(rows: np.ndarray, tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarray, V: np.ndarray,
-                    lam: float, gamma: float, tiny: float, mov: np.ndarray, C: np.ndarray, R: np.ndarray,
-                    z: np.ndarray, err: np.ndarray, lo: np.ndarray, hi: np.ndarray, C_at: np.ndarray,
-                    R_at: np.ndarray, pred: np.ndarray) -> None:  # pragma: no cover
-    """``_compute`` of ``rows`` in ``fast.CHUNKS`` interleaved chunks, in parallel."""
-    for c in prange(CHUNKS):
-        _compute(rows, c, CHUNKS, tok, rho_tok, S, V, lam, gamma, tiny, mov, C, R, z, err, lo, hi, C_at, R_at, pred)
-
-
 @njit(cache=True, boundscheck=False)
-def _compute(rows: np.ndarray, first: int, step: int, tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarray,
-             V: np.ndarray, lam: float, gamma: float, tiny: float, mov: np.ndarray, C: np.ndarray, R: np.ndarray,
-             z: np.ndarray, err: np.ndarray, lo: np.ndarray, hi: np.ndarray, C_at: np.ndarray, R_at: np.ndarray,
-             pred: np.ndarray) -> None:  # pragma: no cover
-    """Rows ``rows[first::step]``: logits and argmax from ``fast._row`` (the arithmetic of
+def _compute(rows: np.ndarray, tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarray, V: np.ndarray, lam: float,
+             gamma: float, tiny: float, mov: np.ndarray, C: np.ndarray, R: np.ndarray, z: np.ndarray, err: np.ndarray,
+             lo: np.ndarray, hi: np.ndarray, C_at: np.ndarray, R_at: np.ndarray, pred: np.ndarray
+             ) -> None:  # pragma: no cover
+    """The rows ``rows``: logits and argmax from ``fast._row`` (the arithmetic of
     ``fast.run``, so the same to the bit), the rounding bound ``err_j = gamma lam P_j + tiny``,
     ``lo``, ``hi``, and the current ``C`` and ``R`` of their moving tokens."""
     n, L = tok.shape
@@ -207,7 +191,7 @@ def _compute(rows: np.ndarray, first: int, step: int, tok: np.ndarray, rho_tok: 
     none1, none2, none3 = np.empty(0, V.dtype), np.empty((0, 0), V.dtype), np.empty((0, 0, 0), V.dtype)
     ce = np.empty(n, V.dtype)
     P = np.empty(vocab_size)
-    for k in range(first, len(rows), step):            # no loss, no gradient: the targets are not read
+    for k in range(len(rows)):                         # no loss, no gradient: the targets are not read
         i = rows[k]
         _row(i, tok, S, rho_tok, V, np.empty((0, 0), np.int64), none2, none1, lam, False, False,
              np.empty(0, np.int64), z, pred, ce, none3, none3, none2, pre, none1, none2, g, a, act)

@@ -2,6 +2,10 @@
 ``eta``): both are shortcuts, so both must give what the plain computation gives, to the bit."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +191,33 @@ def test_finetune_steps_in_the_pass_and_watches_bit_for_bit() -> None:
     assert torch.equal(out["V"][0], p["V"])
     np.testing.assert_array_equal(hist.pred[:, 0], np.array(preds))
     np.testing.assert_array_equal(hist.loss[:, 0], np.array(losses, dtype=np.float32))
+
+
+def test_predictions_in_a_fresh_process(tmp_path) -> None:
+    """``Predictions.pred`` as the first compiled call of a fresh process, twice with one numba
+    cache (the second run loads the compiled code from it), with more test rows than one
+    chunk: the cached path that chapter 4 takes when its pre-trainings come from kaol's cache.
+    (A first version, in which compiled code called a parallel function, crashed there in CI
+    with a null function pointer, numba issues 4807 and 8578; ``_predict`` is one thread now.)"""
+    script = """
+import numpy as np, torch
+from kaol import fast
+from kaol.data import DataConfig, make_data
+from kaol.model import ModelConfig, init_params
+from kaol.predict import Predictions
+from kaol.train import _cat
+d = make_data(DataConfig(N_f=20, N_r=10, R=5, K=2, N_ft=8))
+v = d.vocab
+p = {k: t[0] for k, t in init_params(ModelConfig(), v.size, 1, 0).items()}
+train = fast.Batch.build(d.qa_train, v.size, v.rho, torch.float32)
+test = fast.Batch.build(_cat(d.qa_unseen_freq, d.qa_rare), v.size, v.rho, torch.float32)
+assert test.shape[0] >= 8
+S = fast.attention(p["W"], test)
+got = Predictions(test, S, 1.0, train.rows).pred(p["V"]).copy()
+assert np.array_equal(got, fast.run(p["W"], p["V"], test, 1.0, grad=False, S=S, loss=False).pred.numpy())
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    for run in ("compiles", "loads"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", f"{run}: {done.stderr[-2000:]}"
