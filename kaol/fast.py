@@ -119,8 +119,7 @@ CHUNKS = 4
 the thread count)."""
 
 
-def _chunks(tokens: np.ndarray, mask: np.ndarray, slot: np.ndarray, vocab_size: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _chunks(tokens: np.ndarray, mask: np.ndarray, slot: np.ndarray, vocab_size: int) -> tuple:
     """``order``, ``bounds``, ``dest``, ``sums``, ``n_part``, ``start``, ``start_tok``, ``done`` and ``done_tok`` of
     ``Batch`` (see there)."""
     n = len(tokens)

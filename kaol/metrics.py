@@ -261,8 +261,9 @@ def _square(A: np.ndarray, out: np.ndarray) -> float:  # pragma: no cover
             for e in range(U - i):
                 o[i + e] += x * a[i + e]
     top = 0.0                        # max|A^2| and then max|out - A| over the upper triangle: the same
-    for i in range(U):               # maxima as over the whole symmetric matrices (exact: max does not round)
-        top = max(top, _amax(out[i, i:]))
+    zero = np.zeros(U)               # maxima as over the whole symmetric matrices (exact: max does not round)
+    for i in range(U):
+        top = max(top, _amax_diff(out[i, i:], zero[i:]))
     out /= top
     moved = 0.0
     for i in range(U):
@@ -272,28 +273,9 @@ def _square(A: np.ndarray, out: np.ndarray) -> float:  # pragma: no cover
 
 
 @njit(cache=True, boundscheck=False)
-def _amax(x: np.ndarray) -> float:  # pragma: no cover
-    """``max_k |x_k|`` of finite values, in eight lanes so that the loop vectorises (``max`` does
-    not round: the same in any order)."""
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
-    n8 = len(x) // 8 * 8
-    for j in range(0, n8, 8):
-        b0 = max(b0, abs(x[j]))
-        b1 = max(b1, abs(x[j + 1]))
-        b2 = max(b2, abs(x[j + 2]))
-        b3 = max(b3, abs(x[j + 3]))
-        b4 = max(b4, abs(x[j + 4]))
-        b5 = max(b5, abs(x[j + 5]))
-        b6 = max(b6, abs(x[j + 6]))
-        b7 = max(b7, abs(x[j + 7]))
-    for j in range(n8, len(x)):
-        b0 = max(b0, abs(x[j]))
-    return max(max(max(b0, b1), max(b2, b3)), max(max(b4, b5), max(b6, b7)))
-
-
-@njit(cache=True, boundscheck=False)
 def _amax_diff(x: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover
-    """``max_k |x_k - y_k|`` of finite values, as ``_amax``."""
+    """``max_k |x_k - y_k|`` of finite values, in eight lanes so that the loop vectorises (``max``
+    does not round: the same in any order)."""
     b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
     n8 = len(x) // 8 * 8
     for j in range(0, n8, 8):
