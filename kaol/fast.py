@@ -346,16 +346,15 @@ LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdli
 INV_LN2 = 1.44269504088896338700e+00
 
 
-TWO_POW = np.ldexp(1.0, np.arange(-1075, 1))
-"""``2^k`` for ``k = -1075 .. 0`` (exact; the first is 0): the scaling step of ``_exp``."""
-
-
 @njit(cache=True, boundscheck=False)
 def _exp(x: float) -> float:  # pragma: no cover
     """``e^x`` in float64 for ``x <= 0`` (softmax arguments), to about 1 ulp, from IEEE
     operations only: ``x = k log 2 + r`` with ``|r| <= log(2) / 2``, the degree-13 Taylor
-    polynomial of ``e^r`` in Horner form, times ``2^k`` from a table. Written without
-    branches or loops so that loops calling it vectorise."""
+    polynomial ``p`` of ``e^r`` in Horner form, times ``2^k`` rounded once. ``2^k`` is built from
+    its bits where it is a normal number (``k >= -1022``); below, ``p 2^(k + 54)`` is exact and
+    ``2^-54`` times it rounds once, as ``p 2^k`` would; ``k = -1075`` (``x`` below about -744.8)
+    gives 0. Written without branches, loops or table lookups (a gather per element cost a
+    fifth of the softmax) so that loops calling it vectorise."""
     y = max(x, -745.0)                                      # e^-745 is below the smallest double
     k = math.floor(y * INV_LN2 + 0.5)
     r = (y - k * LN2_HI) - k * LN2_LO
@@ -373,7 +372,10 @@ def _exp(x: float) -> float:  # pragma: no cover
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    e = p * TWO_POW[int(k) + 1075]
+    ki = np.int64(k)
+    low = ki < -1022                                       # 2^k subnormal: scale by 2^54 first
+    e = p * np.int64(((ki + 54 if low else ki) + 1023) << 52).view(np.float64)
+    e = 0.0 if ki < -1074 else e * (2.0 ** -54 if low else 1.0)
     return e if x == x else x                              # NaN stays NaN
 
 
@@ -505,7 +507,7 @@ def _run(tok: np.ndarray, rho_tok: np.ndarray, y_idx: np.ndarray, y_prob: np.nda
             if grad:
                 for e in range(start[ii], start[ii + 1]):
                     gV[dest[c, start_tok[e]]] = 0
-            _row(order[ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, dest[c], z, pred, ce,
+            _row(order[ii], tok, S, rho_tok, V, y_idx, y_prob, w, lam, loss, grad, grad_W, dest[c], z, pred, ce,
                  gV, part, dscore, pre, gw, dS, g, a, act)
             if step:
                 for e in range(done[ii], done[ii + 1]):
@@ -545,22 +547,24 @@ def _step_row(P: np.ndarray, G: np.ndarray, eta: float) -> None:  # pragma: no c
 
 @njit(cache=True, boundscheck=False)
 def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndarray, y_idx: np.ndarray,
-         y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, dest: np.ndarray, z: np.ndarray,
-         pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray,
+         y_prob: np.ndarray, w: np.ndarray, lam: float, loss: bool, grad: bool, grad_S: bool, dest: np.ndarray,
+         z: np.ndarray, pred: np.ndarray, ce: np.ndarray, gV: np.ndarray, part: np.ndarray, dscore: np.ndarray, pre: np.ndarray,
          gw: np.ndarray, dS: np.ndarray, g: np.ndarray, a: np.ndarray, act: np.ndarray) -> None:  # pragma: no cover
     """Row ``i``, with ``a_l = S_l rho_l``: the pre-activations ``pre[n, j] = sum_l a_l V[t_l, n, j]``,
     the logits ``z = lam sum_n ReLU(pre)`` (Sec. 2), their argmax and the cross-entropy (with
     ``loss``); with ``grad``, Lemma 1's ``dL/dV[t_l] += a_l g_j 1[pre > 0]`` (into ``gV`` or
-    ``part`` as ``dest`` says) and ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l rho_L`` with
+    ``part`` as ``dest`` says) and, with ``grad_S`` (what ``dL/dW`` needs; fine-tuning with ``W``
+    fixed does not, and skips a third of the backward pass's work),
+    ``dscore_l = S_l (dS_l - sum_k S_k dS_k) rho_l rho_L`` with
     ``dS_l = rho_l sum_{n,j} g_j 1[pre > 0] V[t_l, n, j]`` (the scores' gradient, Lemma 1). Sums
     over ``j`` run elementwise or through ``_sum``, over ``n`` and ``l`` in index order, tokens of
-    a ``NEGLIGIBLE`` weight left out (``act`` lists the others). Both passes go neuron by neuron,
-    and for the two or three tokens of the book's inputs (``na <= 3``) in one pass over ``j`` that
-    reads each token's slice of ``V`` (and of ``dL/dV``) once; there the backward pass computes
-    each pre-activation again, by the forward pass's expression (the same bits), which costs
-    less than storing and reading back ``m x vocab_size`` values per row; with more tokens
-    ``pre`` keeps them from the forward pass. ``pre``, ``gw``, ``dS``, ``g``, ``a``, ``act`` are
-    work buffers."""
+    a ``NEGLIGIBLE`` weight left out (``act`` lists the others). For the one to three tokens of
+    the book's inputs (``na <= 3``) both passes (``_forward``, ``_backward``) read all tokens'
+    slices of ``V`` (and of ``dL/dV``) in one pass over ``j`` per two neurons, and the backward
+    pass computes each pre-activation again, by the forward pass's expression (the same bits),
+    which costs less than storing and reading back ``m x vocab_size`` values per row; with more
+    tokens ``pre`` keeps them from the forward pass. ``pre``, ``gw``, ``dS``, ``g``, ``a``,
+    ``act`` are work buffers."""
     vocab_size, m, L = V.shape[0], V.shape[1], tok.shape[1]
     zero = pre.dtype.type(0)
     na = _weights(i, S, rho_tok, a, act)
@@ -579,18 +583,12 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
         for k in range(m):
             for j in range(vocab_size):
                 zi[j] += max(pre[k, j], zero)
-    else:                                              # the same sums, one pass over j per neuron
-        V0, V1, V2 = V[t0], V[t1], V[t2]
-        for k in range(m):
-            if na == 3:
-                for j in range(vocab_size):
-                    zi[j] += max(((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j], zero)
-            elif na == 2:
-                for j in range(vocab_size):
-                    zi[j] += max((zero + a0 * V0[k, j]) + a1 * V1[k, j], zero)
-            else:
-                for j in range(vocab_size):
-                    zi[j] += max(zero + a0 * V0[k, j], zero)
+    elif na == 3:                                      # the same sums, one pass over j per two neurons
+        _forward(3, zi, V[t0], V[t1], V[t2], a0, a1, a2)
+    elif na == 2:
+        _forward(2, zi, V[t0], V[t1], V[t2], a0, a1, a2)
+    else:
+        _forward(1, zi, V[t0], V[t1], V[t2], a0, a1, a2)
     for j in range(vocab_size):
         zi[j] *= lam
     pred[i] = _argmax(zi)
@@ -608,43 +606,31 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
     ce[i] = c
     if not grad or w[i] == 0:
         return
-    for j in range(vocab_size):
-        g[j] /= se                                     # p
-    for k in range(y_idx.shape[1]):
-        g[y_idx[i, k]] -= y_prob[i, k]                 # p - y
     scale = lam * w[i]
     for j in range(vocab_size):
+        g[j] /= se                                     # p
         gw[j] = g[j] * scale
-    dS[:] = zero                                       # dS[s] = dS_l of the token l = act[s]
+    for k in range(y_idx.shape[1]):
+        g[y_idx[i, k]] -= y_prob[i, k]                 # p - y
+    for k in range(y_idx.shape[1]):
+        gw[y_idx[i, k]] = g[y_idx[i, k]] * scale       # gw = lam w (p - y)
+    if grad_S:
+        dS[:] = zero                                   # dS[s] = dS_l of the token l = act[s]
     if na <= 3:                                        # one pass for all tokens, as the forward pass
         G0, G1, G2 = _grad_rows(gV, part, dest, t0), _grad_rows(gV, part, dest, t1), _grad_rows(gV, part, dest, t2)
-        d0, d1, d2 = dS[0], dS[1], dS[2]
-        V0, V1, V2 = V[t0], V[t1], V[t2]
-        for k in range(m):
-            if na == 3:
-                for j in range(vocab_size):
-                    p = ((zero + a0 * V0[k, j]) + a1 * V1[k, j]) + a2 * V2[k, j]    # pre, as forward
-                    mk = gw[j] if p > 0 else zero                                # g_j 1[pre > 0]
-                    G0[k, j] += a0 * mk
-                    d0[j] += mk * V0[k, j]
-                    G1[k, j] += a1 * mk
-                    d1[j] += mk * V1[k, j]
-                    G2[k, j] += a2 * mk
-                    d2[j] += mk * V2[k, j]
-            elif na == 2:
-                for j in range(vocab_size):
-                    p = (zero + a0 * V0[k, j]) + a1 * V1[k, j]
-                    mk = gw[j] if p > 0 else zero
-                    G0[k, j] += a0 * mk
-                    d0[j] += mk * V0[k, j]
-                    G1[k, j] += a1 * mk
-                    d1[j] += mk * V1[k, j]
-            else:
-                for j in range(vocab_size):
-                    p = zero + a0 * V0[k, j]
-                    mk = gw[j] if p > 0 else zero
-                    G0[k, j] += a0 * mk
-                    d0[j] += mk * V0[k, j]
+        V0, V1, V2, d0, d1, d2 = V[t0], V[t1], V[t2], dS[0], dS[1], dS[2]
+        if na == 3 and grad_S:
+            _backward(3, True, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
+        elif na == 3:
+            _backward(3, False, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
+        elif na == 2 and grad_S:
+            _backward(2, True, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
+        elif na == 2:
+            _backward(2, False, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
+        elif grad_S:
+            _backward(1, True, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
+        else:
+            _backward(1, False, gw, V0, V1, V2, G0, G1, G2, d0, d1, d2, a0, a1, a2)
     else:
         for k in range(m):
             for j in range(vocab_size):
@@ -655,7 +641,12 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
             for k in range(m):
                 for j in range(vocab_size):
                     gl[k, j] += al * pre[k, j]
-                    dSs[j] += pre[k, j] * Vl[k, j]
+            if grad_S:
+                for k in range(m):
+                    for j in range(vocab_size):
+                        dSs[j] += pre[k, j] * Vl[k, j]
+    if not grad_S:
+        return
     sdS = zero                                         # dscore starts at 0 (_run): tokens left out stay 0
     for s in range(na):
         l = act[s]
@@ -665,6 +656,88 @@ def _row(i: int, tok: np.ndarray, S: np.ndarray, rho_tok: np.ndarray, V: np.ndar
     for l in range(L):
         if a[l] != 0:
             dscore[i, l] = S[i, l] * (dscore[i, l] - sdS) * rho_tok[i, l] * rho_L
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _pre(na: int, zero: float, a0: float, a1: float, a2: float, x0: float, x1: float, x2: float) -> float:  # pragma: no cover
+    """A pre-activation ``sum_l a_l V[t_l, n, j]`` of ``na <= 3`` tokens (``x_l = V[t_l, n, j]``), summed
+    in token order from 0. ``na`` is a constant at every call (the call is inlined): no branch remains."""
+    p = zero + a0 * x0
+    if na >= 2:
+        p = p + a1 * x1
+    if na >= 3:
+        p = p + a2 * x2
+    return p
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _forward(na: int, zi: np.ndarray, V0: np.ndarray, V1: np.ndarray, V2: np.ndarray, a0: float, a1: float,
+             a2: float) -> None:  # pragma: no cover
+    """``zi[j] += ReLU(pre[n, j])`` for the neurons ``n`` in order, of a row of ``na <= 3`` tokens with
+    slices ``V0, V1, V2`` of ``V`` (``_row``). Two neurons per pass over ``j``: each ``zi[j]`` is read and
+    written once per pair, the same sums in the same order."""
+    m, vocab_size = V0.shape
+    zero = zi.dtype.type(0)
+    k = 0
+    while k + 2 <= m:
+        for j in range(vocab_size):
+            p = _pre(na, zero, a0, a1, a2, V0[k, j], V1[k, j], V2[k, j])
+            q = _pre(na, zero, a0, a1, a2, V0[k + 1, j], V1[k + 1, j], V2[k + 1, j])
+            zi[j] = (zi[j] + (zero if zero > p else p)) + (zero if zero > q else q)   # max(p, 0): NaN stays
+        k += 2
+    if k < m:
+        for j in range(vocab_size):
+            p = _pre(na, zero, a0, a1, a2, V0[k, j], V1[k, j], V2[k, j])
+            zi[j] += zero if zero > p else p
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _backward(na: int, grad_S: bool, gw: np.ndarray, V0: np.ndarray, V1: np.ndarray, V2: np.ndarray, G0: np.ndarray,
+              G1: np.ndarray, G2: np.ndarray, d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, a0: float, a1: float,
+              a2: float) -> None:  # pragma: no cover
+    """Lemma 1 for a row of ``na <= 3`` tokens (``_row``): with ``mk = gw[j] 1[pre[n, j] > 0]`` (``pre``
+    computed again, as ``_forward`` does), ``G_l[n, j] += a_l mk`` into the tokens' gradient rows and,
+    with ``grad_S``, ``d_l[j] += mk V_l[n, j]`` over the neurons in order. Two neurons per pass over
+    ``j``, as ``_forward``."""
+    m, vocab_size = V0.shape
+    zero = gw.dtype.type(0)
+    k = 0
+    while k + 2 <= m:
+        for j in range(vocab_size):
+            x0, x1, x2 = V0[k, j], V1[k, j], V2[k, j]
+            y0, y1, y2 = V0[k + 1, j], V1[k + 1, j], V2[k + 1, j]
+            mk = gw[j] if _pre(na, zero, a0, a1, a2, x0, x1, x2) > 0 else zero
+            ml = gw[j] if _pre(na, zero, a0, a1, a2, y0, y1, y2) > 0 else zero
+            G0[k, j] += a0 * mk
+            G0[k + 1, j] += a0 * ml
+            if grad_S:
+                d0[j] = (d0[j] + mk * x0) + ml * y0
+            if na >= 2:
+                G1[k, j] += a1 * mk
+                G1[k + 1, j] += a1 * ml
+                if grad_S:
+                    d1[j] = (d1[j] + mk * x1) + ml * y1
+            if na >= 3:
+                G2[k, j] += a2 * mk
+                G2[k + 1, j] += a2 * ml
+                if grad_S:
+                    d2[j] = (d2[j] + mk * x2) + ml * y2
+        k += 2
+    if k < m:
+        for j in range(vocab_size):
+            x0, x1, x2 = V0[k, j], V1[k, j], V2[k, j]
+            mk = gw[j] if _pre(na, zero, a0, a1, a2, x0, x1, x2) > 0 else zero
+            G0[k, j] += a0 * mk
+            if grad_S:
+                d0[j] += mk * x0
+            if na >= 2:
+                G1[k, j] += a1 * mk
+                if grad_S:
+                    d1[j] += mk * x1
+            if na >= 3:
+                G2[k, j] += a2 * mk
+                if grad_S:
+                    d2[j] += mk * x2
 
 
 @njit(cache=True, boundscheck=False, inline="always")

@@ -193,7 +193,7 @@ def _compute(rows: np.ndarray, tok: np.ndarray, rho_tok: np.ndarray, S: np.ndarr
     P = np.empty(vocab_size)
     for k in range(len(rows)):                         # no loss, no gradient: the targets are not read
         i = rows[k]
-        _row(i, tok, S, rho_tok, V, np.empty((0, 0), np.int64), none2, none1, lam, False, False,
+        _row(i, tok, S, rho_tok, V, np.empty((0, 0), np.int64), none2, none1, lam, False, False, False,
              np.empty(0, np.int64), z, pred, ce, none3, none3, none2, pre, none1, none2, g, a, act)
         P[:] = 0.0
         for l in range(L):

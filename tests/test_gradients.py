@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from numba import njit
 
 from kaol import fast
 from kaol.data import DataConfig, _samples, make_data
@@ -224,11 +225,14 @@ def test_long_and_repeated_inputs_match_lemma1(lengths: list[int], m: int, sigma
     rho = 0.5 + torch.rand(vocab_size, generator=gen, dtype=torch.float64)
     model = ModelConfig(m=m, sigma0=sigma0, dtype=torch.float64)
     p = _params(model, vocab_size, seed)
-    out = fast.run(p["W"], p["V"], fast.Batch.build(samples, vocab_size, rho, torch.float64), model.lam)
+    batch = fast.Batch.build(samples, vocab_size, rho, torch.float64)
+    out = fast.run(p["W"], p["V"], batch, model.lam)
     loss, gW, gV = lemma1_loop(p["W"].numpy(), p["V"].numpy(), samples, rho.numpy(), model.lam)
     assert abs(float(out.loss) - loss) < 1e-9 * max(1.0, loss)
     np.testing.assert_allclose(out.gW.numpy(), gW, rtol=0, atol=TOL)
     np.testing.assert_allclose(out.gV.numpy(), gV, rtol=0, atol=TOL)
+    no_W = fast.run(p["W"], p["V"], batch, model.lam, grad_W=False)       # skips dL/dS: the rest to the bit
+    assert no_W.gW is None and torch.equal(no_W.gV_rows, out.gV_rows) and torch.equal(no_W.ce, out.ce)
 
 
 @given(n=st.integers(0, 40), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 10_000),
@@ -245,6 +249,38 @@ def test_sum_adds_in_its_documented_order(n: int, dtype: type, seed: int, zeros:
         s[j % 8] = s[j % 8] + v
     expected = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
     assert np.asarray(fast._sum(x), dtype).tobytes() == np.asarray(expected, dtype).tobytes()
+
+
+@njit
+def _exps(x: np.ndarray) -> np.ndarray:  # pragma: no cover
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        out[i] = fast._exp(x[i])
+    return out
+
+
+def test_exp_is_its_polynomial_rounded_once() -> None:
+    """``fast._exp`` is, to the bit, its documented polynomial ``p`` times ``2^k`` with one
+    rounding (here ``p`` from numpy's float64 operations, one at a time, times ``2^k`` from
+    ``np.ldexp``, exact), from 0 down past its underflow to 0 (``k = -1075``), at every ``k`` and
+    next to each boundary between two ``k``; NaN stays NaN; and it is within 2 ulp of ``math.exp``."""
+    edges = (np.arange(-1076.0, 1.0) - 0.5) * (fast.LN2_HI + fast.LN2_LO)
+    x = np.concatenate([np.linspace(-750.0, 0.0, 400_001), edges, np.nextafter(edges, -np.inf),
+                        np.nextafter(edges, np.inf), [-np.inf, -0.0, 0.0, -5e-324, -1e300]])
+    x = x[x <= 0]
+    y = np.maximum(x, -745.0)
+    k = np.floor(y * fast.INV_LN2 + 0.5)
+    r = (y - k * fast.LN2_HI) - k * fast.LN2_LO
+    p = np.full_like(r, 1.0 / 6227020800.0)
+    for d in (479001600.0, 39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+        p = p * r + 1.0 / d
+    expected = p * np.ldexp(1.0, k.astype(int))           # 2^-1075 is 0 in float64
+    got = _exps(x)
+    assert got.tobytes() == expected.tobytes()
+    assert np.isnan(_exps(np.array([np.nan]))[0])
+    exact = np.exp(x)
+    normal = exact > np.finfo(np.float64).tiny
+    assert np.all(np.abs(got[normal] - exact[normal]) <= 2 * np.spacing(exact[normal]))
 
 
 def test_argmax_and_logits_only() -> None:
